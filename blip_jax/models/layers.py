@@ -1,0 +1,343 @@
+"""Building blocks shared by the vision and text towers.
+
+One `Attention` serves self, cross and causal attention (with a static-shape KV cache for
+decoding); one `TransformerLayer` serves the pre-norm ViT block and the post-norm BERT block
+(encoder or decoder, with or without cross-attention). Parameters carry logical axis names in
+their ``logical_axes`` metadata; `blip_jax.train` maps them to mesh axes with config rules.
+
+Shape letters: B batch, T query length, S key length, D width, N heads, H head dim, V vocab.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+# Logical axis names used in parameter metadata.
+EMBED, HEADS, MLP, VOCAB = "embed", "heads", "mlp", "vocab"
+
+_DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
+
+
+def as_dtype(name) -> jnp.dtype:
+    """'bfloat16' -> jnp.bfloat16; dtypes pass through."""
+    return _DTYPES[name] if isinstance(name, str) else name
+
+
+def gelu(x: jax.Array) -> jax.Array:
+    # BERT / timm use the exact erf GELU, not the tanh approximation.
+    return jax.nn.gelu(x, approximate=False)
+
+
+ACTIVATIONS = {"gelu": gelu, "gelu_new": lambda x: jax.nn.gelu(x, approximate=True), "relu": jax.nn.relu}
+
+
+def dense(
+    in_features: int,
+    out_features: int,
+    axes: tuple[str | None, str | None],
+    *,
+    dtype,
+    param_dtype,
+    rngs: nnx.Rngs,
+    std: float = 0.02,
+    use_bias: bool = True,
+) -> nnx.Linear:
+    """A Linear whose (in, out) kernel and bias are tagged with logical axes."""
+    return nnx.Linear(
+        in_features,
+        out_features,
+        use_bias=use_bias,
+        dtype=as_dtype(dtype),
+        param_dtype=as_dtype(param_dtype),
+        kernel_init=nnx.initializers.truncated_normal(std),
+        kernel_metadata={"logical_axes": axes},
+        bias_metadata={"logical_axes": (axes[1],)},
+        rngs=rngs,
+    )
+
+
+def layer_norm(features: int, eps: float, *, dtype, param_dtype, rngs: nnx.Rngs) -> nnx.LayerNorm:
+    return nnx.LayerNorm(
+        features,
+        epsilon=eps,
+        dtype=as_dtype(dtype),
+        param_dtype=as_dtype(param_dtype),
+        scale_metadata={"logical_axes": (EMBED,)},
+        bias_metadata={"logical_axes": (EMBED,)},
+        rngs=rngs,
+    )
+
+
+def resolve_attention_implementation(name: str, dtype) -> str | None:
+    """'auto' picks cuDNN flash attention on GPU for 16-bit compute, XLA elsewhere."""
+    if name == "auto":
+        on_gpu = jax.default_backend() == "gpu"
+        return "cudnn" if on_gpu and as_dtype(dtype) in (jnp.bfloat16, jnp.float16) else None
+    return None if name == "xla" else name
+
+
+def init_kv_cache(batch: int, max_length: int, num_heads: int, head_dim: int, dtype) -> dict:
+    """Zeroed self-attention cache for one layer: {"key","value"}: (B, L_max, N, H)."""
+    shape = (batch, max_length, num_heads, head_dim)
+    return {"key": jnp.zeros(shape, as_dtype(dtype)), "value": jnp.zeros(shape, as_dtype(dtype))}
+
+
+class Attention(nnx.Module):
+    """Multi-head attention for self-, cross- and causal attention.
+
+    Queries come from ``x`` (B, T, D); keys/values from ``x`` (self) or ``kv_inputs``
+    (B_kv, S, D_kv) (cross). Cross-attention may receive precomputed keys/values and a key
+    batch B_kv that divides B: the B / B_kv query rows of one key row (beams or sampled
+    sequences of one image) are folded into the query length, so image keys are never copied
+    per beam.
+    """
+
+    def __init__(
+        self,
+        hidden_size: int,
+        num_heads: int,
+        *,
+        kv_size: int | None = None,
+        dtype="float32",
+        param_dtype="float32",
+        std: float = 0.02,
+        dropout_rate: float = 0.0,
+        implementation: str = "auto",
+        rngs: nnx.Rngs,
+    ):
+        if hidden_size % num_heads:
+            raise ValueError(f"hidden_size {hidden_size} is not a multiple of num_heads {num_heads}")
+        kv_size = kv_size or hidden_size
+        kw = dict(dtype=dtype, param_dtype=param_dtype, rngs=rngs, std=std)
+        self.num_heads = num_heads
+        self.head_dim = hidden_size // num_heads
+        self.dtype = as_dtype(dtype)
+        self.query = dense(hidden_size, hidden_size, (EMBED, HEADS), **kw)
+        self.key = dense(kv_size, hidden_size, (EMBED, HEADS), **kw)
+        self.value = dense(kv_size, hidden_size, (EMBED, HEADS), **kw)
+        self.out = dense(hidden_size, hidden_size, (HEADS, EMBED), **kw)
+        self.dropout_rate = dropout_rate
+        self.dropout = nnx.Dropout(dropout_rate, rngs=rngs) if dropout_rate > 0 else None
+        self.implementation = implementation
+
+    def _split(self, y: jax.Array) -> jax.Array:
+        return y.reshape(*y.shape[:-1], self.num_heads, self.head_dim)
+
+    def project_kv(self, kv_inputs: jax.Array) -> tuple[jax.Array, jax.Array]:
+        """(B, S, D_kv) -> keys, values (B, S, N, H); computed once per image for decoding."""
+        return self._split(self.key(kv_inputs)), self._split(self.value(kv_inputs))
+
+    def __call__(
+        self,
+        x: jax.Array,
+        *,
+        kv_inputs: jax.Array | None = None,
+        kv: tuple[jax.Array, jax.Array] | None = None,
+        mask: jax.Array | None = None,
+        cache: dict | None = None,
+        cache_index: jax.Array | None = None,
+        deterministic: bool = True,
+    ) -> tuple[jax.Array, dict | None]:
+        """Returns (output (B, T, D), updated cache or None).
+
+        mask: boolean, broadcastable to (B, N, T, S) (True = attend). With a cache, S is the
+        cache length L_max and new keys are written at ``cache_index``.
+        """
+        q = self._split(self.query(x))
+        if kv is not None:
+            k, v = kv
+        else:
+            k, v = self.project_kv(x if kv_inputs is None else kv_inputs)
+        if cache is not None:
+            k = jax.lax.dynamic_update_slice_in_dim(cache["key"], k.astype(cache["key"].dtype), cache_index, 1)
+            v = jax.lax.dynamic_update_slice_in_dim(
+                cache["value"], v.astype(cache["value"].dtype), cache_index, 1
+            )
+            cache = {"key": k, "value": v}
+        b, t = q.shape[:2]
+        fold = b // k.shape[0]
+        if fold != 1:
+            # (B_kv * r, T, N, H) -> (B_kv, r * T, N, H): r query groups share one key row.
+            q = q.reshape(k.shape[0], fold * t, *q.shape[2:])
+            if mask is not None and mask.shape[0] == b:
+                raise ValueError("a per-query-row mask cannot be folded onto shared keys")
+        use_dropout = self.dropout is not None and not deterministic
+        if use_dropout:
+            y = self._attention_with_dropout(q, k.astype(q.dtype), v.astype(q.dtype), mask)
+        else:
+            y = jax.nn.dot_product_attention(
+                q,
+                k.astype(q.dtype),
+                v.astype(q.dtype),
+                mask=mask,
+                implementation=resolve_attention_implementation(self.implementation, q.dtype),
+            )
+        y = y.reshape(b, t, -1)
+        return self.out(y), cache
+
+    def _attention_with_dropout(self, q, k, v, mask):
+        # Dropout on attention probabilities needs the probabilities, so no fused kernel here.
+        logits = jnp.einsum("btnh,bsnh->bnts", q, k, preferred_element_type=jnp.float32)
+        logits = logits / jnp.sqrt(self.head_dim).astype(jnp.float32)
+        if mask is not None:
+            logits = jnp.where(mask, logits, jnp.finfo(jnp.float32).min)
+        probs = self.dropout(jax.nn.softmax(logits, axis=-1), deterministic=False)
+        return jnp.einsum("bnts,bsnh->btnh", probs.astype(v.dtype), v)
+
+
+class MLP(nnx.Module):
+    """D -> intermediate -> D feed-forward (B, T, D) -> (B, T, D)."""
+
+    def __init__(self, hidden_size, intermediate_size, *, act="gelu", dtype, param_dtype, std, rngs):
+        kw = dict(dtype=dtype, param_dtype=param_dtype, rngs=rngs, std=std)
+        self.fc1 = dense(hidden_size, intermediate_size, (EMBED, MLP), **kw)
+        self.fc2 = dense(intermediate_size, hidden_size, (MLP, EMBED), **kw)
+        self.act = ACTIVATIONS[act]
+
+    def __call__(self, x):
+        return self.fc2(self.act(self.fc1(x)))
+
+
+class DropPath(nnx.Module):
+    """Stochastic depth: drops a whole residual branch per example while training."""
+
+    def __init__(self, rate: float, *, rngs: nnx.Rngs):
+        self.rate = rate
+        self.rngs = rngs if rate > 0 else None
+
+    def __call__(self, x, deterministic: bool):
+        if self.rate == 0 or deterministic:
+            return x
+        keep = 1.0 - self.rate
+        mask = jax.random.bernoulli(self.rngs.dropout(), keep, (x.shape[0],) + (1,) * (x.ndim - 1))
+        return jnp.where(mask, x / keep, 0).astype(x.dtype)
+
+
+class TransformerLayer(nnx.Module):
+    """One transformer block for both towers.
+
+    ``pre_norm=True``: ViT block  x + attn(LN1 x); x + MLP(LN2 x).
+    ``pre_norm=False``: BERT block LN(x + attn(x)) [-> LN(x + cross(x, image))] -> LN(x + MLP(x)).
+    """
+
+    def __init__(
+        self,
+        hidden_size: int,
+        num_heads: int,
+        intermediate_size: int,
+        *,
+        pre_norm: bool,
+        layer_norm_eps: float,
+        cross_attention_size: int | None = None,
+        act: str = "gelu",
+        dtype="float32",
+        param_dtype="float32",
+        std: float = 0.02,
+        dropout_rate: float = 0.0,
+        attention_dropout_rate: float = 0.0,
+        drop_path_rate: float = 0.0,
+        attention_implementation: str = "auto",
+        rngs: nnx.Rngs,
+    ):
+        kw = dict(dtype=dtype, param_dtype=param_dtype, rngs=rngs)
+        attn_kw = dict(
+            std=std, dropout_rate=attention_dropout_rate, implementation=attention_implementation, **kw
+        )
+        self.pre_norm = pre_norm
+        self.attention = Attention(hidden_size, num_heads, **attn_kw)
+        self.attention_norm = layer_norm(hidden_size, layer_norm_eps, **kw)
+        if cross_attention_size is not None:
+            self.crossattention = Attention(hidden_size, num_heads, kv_size=cross_attention_size, **attn_kw)
+            self.crossattention_norm = layer_norm(hidden_size, layer_norm_eps, **kw)
+        else:
+            self.crossattention = None
+            self.crossattention_norm = None
+        self.mlp = MLP(hidden_size, intermediate_size, act=act, std=std, **kw)
+        self.mlp_norm = layer_norm(hidden_size, layer_norm_eps, **kw)
+        self.dropout = nnx.Dropout(dropout_rate, rngs=rngs) if dropout_rate > 0 else None
+        self.drop_path = DropPath(drop_path_rate, rngs=rngs) if drop_path_rate > 0 else None
+
+    def _drop(self, y, deterministic):
+        if self.dropout is not None:
+            y = self.dropout(y, deterministic=deterministic)
+        if self.drop_path is not None:
+            y = self.drop_path(y, deterministic)
+        return y
+
+    def __call__(
+        self,
+        x: jax.Array,
+        *,
+        mask: jax.Array | None = None,
+        encoder_hidden_states: jax.Array | None = None,
+        encoder_mask: jax.Array | None = None,
+        cross_kv: tuple[jax.Array, jax.Array] | None = None,
+        cache: dict | None = None,
+        cache_index: jax.Array | None = None,
+        deterministic: bool = True,
+    ) -> tuple[jax.Array, dict | None]:
+        """x (B, T, D) -> (B, T, D); cross-attention runs only when image states/keys are given."""
+        if self.pre_norm:
+            y, cache = self.attention(
+                self.attention_norm(x), mask=mask, cache=cache, cache_index=cache_index,
+                deterministic=deterministic,
+            )
+            x = x + self._drop(y, deterministic)
+            return x + self._drop(self.mlp(self.mlp_norm(x)), deterministic), cache
+        y, cache = self.attention(
+            x, mask=mask, cache=cache, cache_index=cache_index, deterministic=deterministic
+        )
+        x = self.attention_norm(x + self._drop(y, deterministic))
+        if encoder_hidden_states is not None or cross_kv is not None:
+            if self.crossattention is None:
+                raise ValueError("image states were given to a text layer built without cross-attention")
+            y, _ = self.crossattention(
+                x, kv_inputs=encoder_hidden_states, kv=cross_kv, mask=encoder_mask,
+                deterministic=deterministic,
+            )
+            x = self.crossattention_norm(x + self._drop(y, deterministic))
+        return self.mlp_norm(x + self._drop(self.mlp(x), deterministic)), cache
+
+
+def padding_mask(attention_mask: jax.Array | None) -> jax.Array | None:
+    """(B, S) 0/1 -> boolean (B, 1, 1, S) key mask."""
+    if attention_mask is None:
+        return None
+    return attention_mask.astype(bool)[:, None, None, :]
+
+
+def causal_mask(
+    query_length: int, key_length: int, attention_mask: jax.Array | None, offset: jax.Array | int = 0
+) -> jax.Array:
+    """Boolean (B|1, 1, T, S): query i (absolute position offset + i) sees keys j <= offset + i."""
+    q_pos = offset + jnp.arange(query_length)[:, None]
+    allowed = jnp.arange(key_length)[None, :] <= q_pos
+    mask = allowed[None, None]
+    if attention_mask is not None:
+        mask = mask & attention_mask.astype(bool)[:, None, None, :]
+    return mask
+
+
+def run_layers(layers, x: jax.Array, *, remat: bool, deterministic: bool, caches=None, cache_index=None,
+               cross_kvs=None, **kw) -> tuple[jax.Array, list | None]:
+    """Apply a stack of TransformerLayers; ``caches``/``cross_kvs`` are per-layer lists or None.
+
+    With ``remat`` each layer's activations are recomputed in the backward pass (decoding with a
+    cache never needs gradients, so it is not rematerialised).
+    """
+    new_caches = [] if caches is not None else None
+    for i, layer in enumerate(layers):
+        cache = caches[i] if caches is not None else None
+        cross_kv = cross_kvs[i] if cross_kvs is not None else None
+        if remat and cache is None:
+            def block(mdl, h, ckv, kw_):
+                return mdl(h, cross_kv=ckv, deterministic=deterministic, **kw_)[0]
+            x = nnx.remat(block)(layer, x, cross_kv, kw)
+        else:
+            x, cache = layer(x, cache=cache, cache_index=cache_index, cross_kv=cross_kv,
+                             deterministic=deterministic, **kw)
+        if new_caches is not None:
+            new_caches.append(cache)
+    return x, new_caches

@@ -187,7 +187,7 @@ class Attention(nnx.Module):
         return jnp.einsum("bnts,bsnh->btnh", probs.astype(v.dtype), v)
 
 
-class MLP(nnx.Module):
+class FeedForward(nnx.Module):
     """D -> intermediate -> D feed-forward (B, T, D) -> (B, T, D)."""
 
     def __init__(self, hidden_size, intermediate_size, *, act="gelu", dtype, param_dtype, std, rngs):
@@ -254,7 +254,7 @@ class TransformerLayer(nnx.Module):
         else:
             self.crossattention = None
             self.crossattention_norm = None
-        self.mlp = MLP(hidden_size, intermediate_size, act=act, std=std, **kw)
+        self.mlp = FeedForward(hidden_size, intermediate_size, act=act, std=std, **kw)
         self.mlp_norm = layer_norm(hidden_size, layer_norm_eps, **kw)
         self.dropout = nnx.Dropout(dropout_rate, rngs=rngs) if dropout_rate > 0 else None
         self.drop_path = DropPath(drop_path_rate, rngs=rngs) if drop_path_rate > 0 else None

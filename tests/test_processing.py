@@ -292,12 +292,15 @@ def test_image_input_errors():
         proc(np.full((8, 8, 3), 2.5, np.float32))
     with pytest.raises(TypeError, match="unsupported argument"):
         BlipImageProcessor(do_center_crop=True)
+    with pytest.raises(ValueError, match="shortest_edge"):
+        BlipImageProcessor(size={"shortest_edge": 384})
     with pytest.warns(UserWarning, match="do_rescale=False"):
         proc(np.full((8, 8, 3), 0.5))
     # Explicit channel layout resolves ambiguous shapes (3x8x3 would be read channels-first).
     amb = np.random.default_rng(0).integers(0, 255, (3, 8, 3), dtype=np.uint8)
     last = proc(amb, input_data_format="channels_last", size=8)["pixel_values"]
-    np.testing.assert_array_equal(last, proc(np.ascontiguousarray(amb.transpose(2, 0, 1)), size=8)["pixel_values"])
+    chw = np.ascontiguousarray(amb.transpose(2, 0, 1))
+    np.testing.assert_array_equal(last, proc(chw, size=8)["pixel_values"])
     assert not np.array_equal(last, proc(amb, size=8)["pixel_values"])
 
 
@@ -661,3 +664,16 @@ def test_processor_save_load_with_transformers(tmp_path, wp, hf_blip_processor):
     spm_tok = SentencePieceTokenizer.train(caption_corpus(300, 5), vocab_size=80, hard_vocab_limit=False)
     BlipProcessor(BlipImageProcessor(size=32), spm_tok).save_pretrained(tmp_path / "spm")
     assert isinstance(BlipProcessor.from_pretrained(tmp_path / "spm").tokenizer, SentencePieceTokenizer)
+
+
+def test_tokenizers_and_processor_pickle(wp, spm_tok):
+    """Data-loader worker processes receive these by pickling."""
+    import pickle
+
+    for tok in (wp, spm_tok):
+        clone = pickle.loads(pickle.dumps(tok))
+        assert clone(SENTENCES, padding=True) == tok(SENTENCES, padding=True)
+    proc = pickle.loads(pickle.dumps(BlipProcessor(BlipImageProcessor(size=16), wp)))
+    out = proc(images=IMAGE_CASES["RGB 640x480"], text="a dog")
+    assert out.pixel_values.shape == (1, 16, 16, 3) and out.input_ids.tolist() == [wp.encode("a dog")]
+    assert pickle.loads(pickle.dumps(out))["input_ids"].tolist() == out["input_ids"].tolist()

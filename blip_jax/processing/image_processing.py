@@ -60,9 +60,7 @@ def _normalize_size(size: Any) -> dict[str, int]:
     if isinstance(size, dict):
         if set(size) >= {"height", "width"}:
             return {"height": int(size["height"]), "width": int(size["width"])}
-        if set(size) == {"shortest_edge"}:
-            # BLIP always resizes to a fixed square, so a lone shortest_edge means a square of that side.
-            return {"height": int(size["shortest_edge"]), "width": int(size["shortest_edge"])}
+    # Aspect-preserving sizes (shortest_edge, ...) are rejected: BLIP checkpoints all use a fixed square.
     raise ValueError(f"size must be an int, an (height, width) pair or {{'height', 'width'}}, got {size!r}")
 
 

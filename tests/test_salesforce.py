@@ -1,0 +1,116 @@
+"""Original Salesforce BLIP checkpoints: key mapping, config inference, position-table resize."""
+
+from __future__ import annotations
+
+import re
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+pytest.importorskip("transformers")
+
+import blip_jax  # noqa: E402
+from blip_jax.checkpoints import salesforce  # noqa: E402
+from tests.hf_fixtures import build_hf, inputs, nchw  # noqa: E402
+
+# HF names -> the original code's timm ViT names (the inverse of the loader's renames).
+_TO_SALESFORCE = [
+    (r"^vision_model\.embeddings\.class_embedding$", "visual_encoder.cls_token"),
+    (r"^vision_model\.embeddings\.position_embedding$", "visual_encoder.pos_embed"),
+    (r"^vision_model\.embeddings\.patch_embedding\.", "visual_encoder.patch_embed.proj."),
+    (r"^vision_model\.encoder\.layers\.(\d+)\.layer_norm1\.", r"visual_encoder.blocks.\1.norm1."),
+    (r"^vision_model\.encoder\.layers\.(\d+)\.layer_norm2\.", r"visual_encoder.blocks.\1.norm2."),
+    (r"^vision_model\.encoder\.layers\.(\d+)\.self_attn\.qkv\.", r"visual_encoder.blocks.\1.attn.qkv."),
+    (r"^vision_model\.encoder\.layers\.(\d+)\.self_attn\.projection\.", r"visual_encoder.blocks.\1.attn.proj."),
+    (r"^vision_model\.encoder\.layers\.(\d+)\.mlp\.", r"visual_encoder.blocks.\1.mlp."),
+    (r"^vision_model\.post_layernorm\.", "visual_encoder.norm."),
+]
+
+
+def as_salesforce(state: dict) -> dict:
+    out = {}
+    for key, value in state.items():
+        for pattern, repl in _TO_SALESFORCE:
+            key = re.sub(pattern, repl, key)
+        out[key] = value.clone()
+    return out
+
+
+def test_retrieval_pth_matches_hf(tmp_path):
+    px, ids, mask = inputs()
+    ref, folder = build_hf("BlipForImageTextRetrieval", tmp_path, seed=3)
+    state = as_salesforce(ref.state_dict())
+    # Training-only tensors the original retrieval checkpoints carry.
+    state["visual_encoder_m.cls_token"] = torch.zeros(1, 1, 32)
+    state["image_queue"] = torch.zeros(16, 57600)
+    state["idx_queue"] = torch.zeros(1, 57600)
+    state["ptr_queue"] = torch.zeros(1, dtype=torch.long)
+    state["temp"] = torch.tensor(0.07)
+    pth = tmp_path / "model_base_retrieval_coco.pth"
+    torch.save({"model": state, "epoch": 5, "config": {"image_size": 30}}, pth)
+    config = blip_jax.BlipConfig.from_pretrained(folder)
+    ours, info = blip_jax.BlipForImageTextRetrieval.from_pretrained(pth, config=config, output_loading_info=True)
+    assert info.missing_keys == [] and info.unexpected_keys == []
+    t = torch.tensor
+    for itm in (True, False):
+        with torch.no_grad():
+            a = ref(input_ids=t(ids), pixel_values=nchw(px), attention_mask=t(mask), use_itm_head=itm)
+        b = ours(ids, px, use_itm_head=itm, attention_mask=mask)
+        assert np.max(np.abs(a.itm_score.numpy() - np.asarray(b.itm_score))) <= 1e-4
+
+
+def test_caption_pth_resizes_position_table_like_torch(tmp_path):
+    """A 224-px pretraining checkpoint fine-tuned at 384 px: the original bicubically resizes
+    pos_embed on load; here a 30-px (15x15) table goes to 38 px (19x19)."""
+    ref, folder = build_hf("BlipForConditionalGeneration", tmp_path, seed=4)
+    pth = tmp_path / "model_base_caption.pth"
+    torch.save({"model": as_salesforce(ref.state_dict())}, pth)
+    config = blip_jax.BlipConfig.from_pretrained(folder)
+    config.vision_config.image_size = 38
+    ours = blip_jax.BlipForConditionalGeneration.from_pretrained(pth, config=config)
+    pos = ref.vision_model.embeddings.position_embedding.detach()
+    grid = pos[:, 1:].reshape(1, 15, 15, 32).permute(0, 3, 1, 2)
+    want = torch.nn.functional.interpolate(grid, size=(19, 19), mode="bicubic", align_corners=False)
+    want = torch.cat([pos[:, :1], want.permute(0, 2, 3, 1).reshape(1, 361, 32)], dim=1).numpy()
+    got = np.asarray(ours.vision_model.embeddings.position_embedding[...])
+    assert got.shape == (1, 362, 32)
+    assert np.max(np.abs(got - want)) <= 1e-5
+
+
+def test_infer_config_from_vit_b_shapes():
+    """Architecture read off a model_base.pth-shaped state dict (shapes only, no weights)."""
+    d, v = 768, 30524
+    state = {
+        "visual_encoder.pos_embed": np.empty((1, 197, d), np.float32),
+        "visual_encoder.patch_embed.proj.weight": np.empty((d, 3, 16, 16), np.float32),
+        "visual_encoder.blocks.0.mlp.fc1.weight": np.empty((3072, d), np.float32),
+        "text_encoder.embeddings.word_embeddings.weight": np.empty((v, d), np.float32),
+        "text_encoder.embeddings.position_embeddings.weight": np.empty((512, d), np.float32),
+        "text_encoder.encoder.layer.0.intermediate.dense.weight": np.empty((3072, d), np.float32),
+        "vision_proj.weight": np.empty((256, d), np.float32),
+    }
+    for i in range(12):
+        state[f"visual_encoder.blocks.{i}.norm1.weight"] = np.empty((d,), np.float32)
+        state[f"text_encoder.encoder.layer.{i}.output.dense.weight"] = np.empty((d, 3072), np.float32)
+    cfg = salesforce.infer_config(state)
+    vc, tc = cfg.vision_config, cfg.text_config
+    assert (vc.hidden_size, vc.num_hidden_layers, vc.num_attention_heads, vc.image_size, vc.patch_size) == (
+        768, 12, 12, 224, 16)
+    assert vc.layer_norm_eps == 1e-6
+    assert (tc.vocab_size, tc.num_hidden_layers, tc.num_attention_heads) == (30524, 12, 12)
+    assert tc.use_enc_token_for_itm and tc.label_smoothing == 0.1
+    assert cfg.image_text_hidden_size == 256
+
+
+def test_torch_load_is_weights_only(tmp_path):
+    """A pickle carrying an arbitrary object is refused, never executed."""
+
+    class Evil:
+        def __reduce__(self):
+            return (print, ("executed",))
+
+    path = tmp_path / "evil.pth"
+    torch.save({"model": {"x": torch.zeros(1)}, "payload": Evil()}, path)
+    with pytest.raises(Exception, match="weights_only"):
+        blip_jax.BlipVisionModel.from_pretrained(path, config=blip_jax.BlipVisionConfig())

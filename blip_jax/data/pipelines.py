@@ -1,0 +1,605 @@
+"""grain pipelines: pretraining mixtures, retrieval / captioning / VQA fine-tuning, evaluation.
+
+Every builder returns a `DataPipeline`; `iter(pipeline)` gives a grain `DatasetIterator` of
+batches (dicts of numpy arrays; per-process batch size) whose `get_state()/set_state()` is the
+whole pipeline position (checkpoint it with `grain.checkpoint.CheckpointSave/Restore` under
+Orbax, see `checkpoint_args`). Shapes (B = per-process batch, S = image size, L = max_len):
+
+  pretrain / retrieval / caption:  pixel_values (B, S, S, 3) f32, input_ids (B, L) i32,
+                                   attention_mask (B, L) i32, image_id (B,) i32, index (B,) i32
+  vqa (train):   pixel_values, question_input_ids / question_attention_mask (B, Lq) i32,
+                 answer_input_ids / answer_attention_mask (B, K, La) i32, answer_weights (B, K)
+                 f32 (0 for padding answers), question_id (B,) i32
+  eval:          pixel_values, index, image_id, mask (B,) i32 (1 = real sample, 0 = padding)
+                 [+ question_input_ids / question_attention_mask / question_id for VQA]
+
+Flow (per process): records -> shard by process (strided: disjoint, complete) -> shuffle ->
+repeat -> [weighted mix] -> per-element decode/augment/clean/tokenize (seeded by element
+index: deterministic) -> drop + count bad records -> batch -> [worker processes] -> batches.
+Bad records never raise: counts per reason are in `iterator.skip_counts` and
+`data_metrics(iterator)`.
+"""
+
+from __future__ import annotations
+
+import collections
+import dataclasses
+import logging
+import math
+from collections.abc import Sequence
+from typing import Any
+
+import grain
+import numpy as np
+
+from blip_jax.data import annotations as ann
+from blip_jax.data.image import image_bytes_of
+from blip_jax.data.records import (
+    REASON_INDEX,
+    SKIP_KEY,
+    SKIP_REASONS,
+    SKIPPED_FIELD,
+    BadRecord,
+    skip_marker,
+)
+from blip_jax.data.sources import ArrayRecordRecords, TfdsRecords, WebDatasetIterDataset
+from blip_jax.data.text import caption_problem, pre_caption, pre_question
+from blip_jax.data.transforms import EvalImageTransform, RandAugment, TrainImageTransform
+
+log = logging.getLogger(__name__)
+FORMATS = ("blip_json", "coco_karpathy", "vqa", "webdataset", "array_record", "tfds")
+
+
+# ---------------------------------------------------------------------------------------------
+# Dataset specs
+
+
+@dataclasses.dataclass
+class DatasetSpec:
+    """Where one dataset lives. `paths`: annotation JSON files (blip_json, coco_karpathy, vqa),
+    tar shard globs (webdataset), .array_record globs (array_record) or [tfds name] (tfds)."""
+
+    name: str
+    format: str
+    paths: Sequence[str]
+    image_root: str | None = None
+    vg_image_root: str | None = None  # vqa: root for entries with "dataset": "vg"
+    weight: float = 1.0  # mixture weight (pretraining)
+    split: str = "train"  # coco_karpathy: train/val/test; vqa: train/test; tfds: split name
+    tfds_data_dir: str | None = None
+    tfds_caption_key: str = "captions/text"
+
+    def __post_init__(self):
+        if self.format not in FORMATS:
+            raise ValueError(f"dataset {self.name!r}: format must be one of {FORMATS}, got {self.format!r}")
+        self.paths = [self.paths] if isinstance(self.paths, str) else list(self.paths)
+
+    @classmethod
+    def from_any(cls, spec: DatasetSpec | dict | Any) -> DatasetSpec:
+        if isinstance(spec, cls):
+            return spec
+        d = spec.to_dict() if hasattr(spec, "to_dict") else dict(spec)
+        return cls(**d)
+
+
+def open_source(spec: DatasetSpec, shard_index: int = 0, shard_count: int = 1, seed: int = 0,
+                num_epochs: int | None = 1):
+    """-> (map-style records or a streaming IterDataset, load-time skip Counter).
+
+    Map-style results are *not* yet sharded (the pipeline slices them); streaming ones are."""
+    fmt = spec.format
+    if fmt == "blip_json":
+        recs = ann.load_pretrain(spec.paths, spec.image_root, source=spec.name)
+        return recs, recs.skips
+    if fmt == "coco_karpathy":
+        if len(spec.paths) != 1:
+            raise ValueError(f"dataset {spec.name!r}: coco_karpathy takes one annotation file per split")
+        recs = ann.load_coco_karpathy(spec.paths[0], spec.image_root, spec.split, source=spec.name)
+        return recs, recs.skips
+    if fmt == "vqa":
+        recs = ann.load_vqa(spec.paths, spec.image_root, spec.vg_image_root, spec.split, source=spec.name)
+        return recs, recs.skips
+    if fmt == "array_record":
+        return ArrayRecordRecords(spec.paths, source=spec.name), collections.Counter()
+    if fmt == "tfds":
+        src = TfdsRecords(spec.paths[0], spec.split, spec.tfds_data_dir, caption_key=spec.tfds_caption_key,
+                          source=spec.name)
+        return src, collections.Counter()
+    ds = WebDatasetIterDataset(spec.paths, source=spec.name, seed=seed, num_epochs=num_epochs,
+                               shard_index=shard_index, shard_count=shard_count)
+    return ds, collections.Counter()
+
+
+# ---------------------------------------------------------------------------------------------
+# Per-element processors: record -> example (numpy) or raise BadRecord
+
+
+def tokenize(tokenizer, text: str | list[str], max_len: int) -> tuple[np.ndarray, np.ndarray]:
+    """-> input_ids, attention_mask int32 (L,) for a str, (N, L) for a list; right-padded."""
+    out = tokenizer(text if isinstance(text, list) else [text], padding="max_length", truncation=True,
+                    max_length=max_len, return_tensors="np")
+    ids = np.asarray(out["input_ids"], np.int32)
+    mask = np.asarray(out["attention_mask"], np.int32)
+    if ids.shape[-1] != max_len:  # tokenizers that ignore max_length padding: enforce it here
+        pad = getattr(tokenizer, "pad_token_id", 0) or 0
+        fixed_ids = np.full(ids.shape[:-1] + (max_len,), pad, np.int32)
+        fixed_mask = np.zeros_like(fixed_ids)
+        n = min(max_len, ids.shape[-1])
+        fixed_ids[..., :n], fixed_mask[..., :n] = ids[..., :n], mask[..., :n]
+        ids, mask = fixed_ids, fixed_mask
+    return (ids, mask) if isinstance(text, list) else (ids[0], mask[0])
+
+
+def _where(record: dict) -> str:
+    return f"{record.get('source', '')}:{record.get('image_key') or record.get('image_path') or record.get('index')}"
+
+
+@dataclasses.dataclass
+class ImageTextProcessor:
+    """Image + one caption. Pretraining samples one valid caption per visit (lists), fine-tuning
+    uses the record's caption; `prompt` is prepended after cleaning (captioning)."""
+
+    image_transform: Any
+    tokenizer: Any = None
+    max_words: int = 30
+    max_len: int = 35
+    prompt: str = ""
+
+    def __call__(self, record: dict, rng: np.random.Generator) -> dict:
+        valid = [c for c in record["captions"] if caption_problem(c) is None]
+        if not valid:
+            reason = caption_problem(record["captions"][0]) if record["captions"] else "bad_caption"
+            raise BadRecord(reason, _where(record))
+        caption = valid[int(rng.integers(len(valid)))] if len(valid) > 1 else valid[0]
+        text = self.prompt + pre_caption(caption, self.max_words)
+        pixels = self.image_transform(image_bytes_of(record), rng, _where(record))
+        out = {"pixel_values": pixels, "image_id": np.int32(record["image_id"]), "index": np.int32(record["index"])}
+        if self.tokenizer is None:
+            out["caption"] = np.str_(text)
+        else:
+            out["input_ids"], out["attention_mask"] = tokenize(self.tokenizer, text, self.max_len)
+        return out
+
+
+@dataclasses.dataclass
+class VQAProcessor:
+    """Image + question (+ up to `max_answers` weighted answers when training)."""
+
+    image_transform: Any
+    tokenizer: Any = None
+    max_question_words: int = 50
+    question_max_len: int = 35
+    answer_max_len: int = 10
+    max_answers: int = 10
+    train: bool = True
+
+    def __call__(self, record: dict, rng: np.random.Generator) -> dict:
+        q = record.get("question")
+        if not isinstance(q, str) or not pre_question(q, self.max_question_words).strip():
+            raise BadRecord("bad_question", _where(record))
+        question = pre_question(q, self.max_question_words)
+        out: dict[str, Any] = {"question_id": np.int64(record["question_id"]).astype(np.int32)}
+        if self.train:
+            pairs = [(a, w) for a, w in zip(record["answers"], record["answer_weights"]) if isinstance(a, str) and a]
+            if not pairs:
+                raise BadRecord("bad_answers", _where(record))
+            pairs = sorted(pairs, key=lambda p: -p[1])[: self.max_answers]  # stable: ties keep order
+            answers = [a for a, _ in pairs]
+            weights = np.zeros(self.max_answers, np.float32)
+            weights[: len(pairs)] = [w for _, w in pairs]
+        out["pixel_values"] = self.image_transform(image_bytes_of(record), rng, _where(record))
+        if self.tokenizer is None:
+            out["question"] = np.str_(question)
+            if self.train:
+                out["answers"] = np.array(answers + [""] * (self.max_answers - len(answers)), dtype=np.str_)
+                out["answer_weights"] = weights
+            return out
+        out["question_input_ids"], out["question_attention_mask"] = tokenize(self.tokenizer, question,
+                                                                             self.question_max_len)
+        if self.train:
+            ids, mask = tokenize(self.tokenizer, answers, self.answer_max_len)
+            pad = getattr(self.tokenizer, "pad_token_id", 0) or 0
+            a_ids = np.full((self.max_answers, self.answer_max_len), pad, np.int32)
+            a_mask = np.zeros((self.max_answers, self.answer_max_len), np.int32)
+            a_ids[: len(answers)], a_mask[: len(answers)] = ids, mask
+            out.update(answer_input_ids=a_ids, answer_attention_mask=a_mask, answer_weights=weights)
+        return out
+
+
+@dataclasses.dataclass
+class EvalProcessor:
+    """Eval image (+ the VQA question) with alignment ids."""
+
+    image_transform: Any
+    tokenizer: Any = None
+    vqa: bool = False
+    question_max_len: int = 35
+    max_question_words: int = 50
+
+    def __call__(self, record: dict, rng: np.random.Generator | None = None) -> dict:
+        out: dict[str, Any] = {"index": np.int32(record["index"]), "image_id": np.int32(record["image_id"])}
+        if self.vqa:
+            vqa = VQAProcessor(self.image_transform, self.tokenizer, self.max_question_words,
+                               self.question_max_len, train=False)
+            out.update(vqa(record, rng))
+            return out
+        out["pixel_values"] = self.image_transform(image_bytes_of(record), rng, _where(record))
+        return out
+
+
+@dataclasses.dataclass
+class _Guarded:
+    """Turns BadRecord into a skip marker; passes source-level skip markers through."""
+
+    fn: Any
+
+    def __call__(self, record: dict, rng: np.random.Generator | None = None) -> dict:
+        if SKIP_KEY in record:
+            return record
+        try:
+            return self.fn(record, rng)
+        except BadRecord as e:
+            return skip_marker(e.reason, e.detail, _where(record))
+
+
+# ---------------------------------------------------------------------------------------------
+# Skip accounting and batching as grain iterators (checkpointable state, JSON-serialisable)
+
+
+class _DropSkipped(grain.IterDataset):
+    """Drops skip markers; each kept element carries SKIPPED_FIELD, int32 (R,): how many records
+    were dropped just before it (so counts survive worker processes and batching)."""
+
+    def __init__(self, parent):
+        super().__init__(parent)
+
+    def __iter__(self):
+        return _DropSkippedIterator(self._parent.__iter__())
+
+
+_LOGGED: collections.Counter = collections.Counter()
+
+
+class _DropSkippedIterator(grain.DatasetIterator):
+    _MUTATES_ELEMENT_SPEC = True
+
+    def __init__(self, parent):
+        super().__init__(parent)
+        self._pending = np.zeros(len(SKIP_REASONS), np.int32)
+
+    def __next__(self):
+        while True:
+            x = next(self._parent)
+            if SKIP_KEY in x:
+                reason = x[SKIP_KEY]
+                self._pending[REASON_INDEX[reason]] += 1
+                if _LOGGED[reason] < 5:  # a few examples per reason, not a flood
+                    _LOGGED[reason] += 1
+                    log.warning("skipping record (%s): %s %s", reason, x.get("where", ""), x.get("detail", ""))
+                continue
+            x[SKIPPED_FIELD] = self._pending
+            self._pending = np.zeros(len(SKIP_REASONS), np.int32)
+            return x
+
+    def get_state(self):
+        return {"parent": self._parent.get_state(), "pending": self._pending.tolist()}
+
+    def set_state(self, state):
+        self._parent.set_state(state["parent"])
+        self._pending = np.asarray(state["pending"], np.int32)
+
+
+def pad_batch(examples: list[dict], batch_size: int, template: dict[str, tuple[tuple, Any]]) -> dict:
+    """Stacks examples and pads to `batch_size` with zeros; adds mask (B,) int32."""
+    out = {}
+    n = len(examples)
+    for k, (shape, dtype) in template.items():
+        arr = np.zeros((batch_size,) + tuple(shape), dtype)
+        if n:
+            arr[:n] = np.stack([np.asarray(e[k]) for e in examples])
+        out[k] = arr
+    out["mask"] = (np.arange(batch_size) < n).astype(np.int32)
+    skipped = np.zeros(len(SKIP_REASONS), np.int32)
+    for e in examples:
+        skipped += e[SKIPPED_FIELD]
+    out[SKIPPED_FIELD] = skipped
+    return out
+
+
+class _PaddedBatch(grain.IterDataset):
+    """Eval batching: every element exactly once, the last batch zero-padded with mask 0, and
+    exactly `num_batches` batches (so all processes of a multi-host eval step together)."""
+
+    def __init__(self, parent, batch_size: int, num_batches: int, template):
+        super().__init__(parent)
+        self._bs, self._nb, self._template = batch_size, num_batches, template
+
+    def __iter__(self):
+        return _PaddedBatchIterator(self._parent.__iter__(), self._bs, self._nb, self._template)
+
+
+class _PaddedBatchIterator(grain.DatasetIterator):
+    def __init__(self, parent, batch_size, num_batches, template):
+        super().__init__(parent)
+        self._bs, self._nb, self._template = batch_size, num_batches, template
+        self._emitted, self._exhausted = 0, False
+
+    def __next__(self):
+        if self._emitted >= self._nb:
+            if not self._exhausted and next(self._parent, None) is not None:
+                raise RuntimeError("eval pipeline produced more elements than planned batches")
+            raise StopIteration
+        examples = []
+        while len(examples) < self._bs and not self._exhausted:
+            x = next(self._parent, None)
+            if x is None:
+                self._exhausted = True
+            else:
+                examples.append(x)
+        self._emitted += 1
+        return pad_batch(examples, self._bs, self._template)
+
+    def get_state(self):
+        return {"parent": self._parent.get_state(), "emitted": self._emitted, "exhausted": self._exhausted}
+
+    def set_state(self, state):
+        self._parent.set_state(state["parent"])
+        self._emitted, self._exhausted = state["emitted"], state["exhausted"]
+
+
+class _SkipCounting(grain.IterDataset):
+    def __init__(self, parent, initial: collections.Counter):
+        super().__init__(parent)
+        self._initial = dict(initial)
+
+    def __iter__(self):
+        return SkipCountingIterator(self._parent.__iter__(), self._initial)
+
+
+class SkipCountingIterator(grain.DatasetIterator):
+    """The iterator pipelines hand out: batches without the bookkeeping field, running totals
+    of skipped records per reason in `skip_counts` (part of the checkpointed state)."""
+
+    def __init__(self, parent, initial: dict[str, int]):
+        super().__init__(parent)
+        self._initial = dict(initial)
+        self._counts = np.zeros(len(SKIP_REASONS), np.int64)
+
+    def __next__(self):
+        batch = next(self._parent)
+        skipped = batch.pop(SKIPPED_FIELD)
+        self._counts += np.asarray(skipped).reshape(-1, len(SKIP_REASONS)).sum(0)
+        return batch
+
+    @property
+    def skip_counts(self) -> dict[str, int]:
+        """Records skipped so far by this process, per reason (load-time ones included)."""
+        out = {r: int(c) for r, c in zip(SKIP_REASONS, self._counts) if c}
+        for r, c in self._initial.items():
+            out[r] = out.get(r, 0) + int(c)
+        return out
+
+    def get_state(self):
+        return {"parent": self._parent.get_state(), "skipped": self._counts.tolist()}
+
+    def set_state(self, state):
+        self._parent.set_state(state["parent"])
+        self._counts = np.asarray(state["skipped"], np.int64)
+
+
+def data_metrics(iterator: SkipCountingIterator) -> dict[str, int]:
+    """{"data/skipped/<reason>": n, "data/skipped/total": n} for metric writers."""
+    counts = iterator.skip_counts
+    out = {f"data/skipped/{r}": n for r, n in sorted(counts.items())}
+    out["data/skipped/total"] = sum(counts.values())
+    return out
+
+
+# ---------------------------------------------------------------------------------------------
+# Builders
+
+
+@dataclasses.dataclass
+class LoaderOptions:
+    """Parallelism, sharding and determinism knobs common to all pipelines.
+
+    shard_index/shard_count default to jax.process_index()/process_count(). `num_workers`
+    processes each run the per-element work *and* batching (batches come back through shared
+    memory); 0 runs it in `num_threads` threads of this process (PIL and libjpeg release the
+    GIL). Restoring an iterator state needs the same num_workers and shard layout."""
+
+    batch_size: int = 32
+    seed: int = 0
+    shard_index: int | None = None
+    shard_count: int | None = None
+    num_workers: int = 0
+    worker_buffer_size: int = 2
+    num_threads: int = 8
+    prefetch_buffer_size: int = 64
+    host_prefetch: int = 2  # batches prefetched in a background thread when num_workers == 0
+
+    def resolved_shard(self) -> tuple[int, int]:
+        if self.shard_index is not None and self.shard_count is not None:
+            return self.shard_index, self.shard_count
+        import jax
+
+        return jax.process_index(), jax.process_count()
+
+
+@dataclasses.dataclass
+class DataPipeline:
+    """A built pipeline: `iter(p)` -> SkipCountingIterator of batches."""
+
+    dataset: Any  # grain.IterDataset
+    num_examples: int | None  # examples per epoch for this process (None for streaming sources)
+    batch_size: int
+    load_skips: collections.Counter
+
+    @property
+    def steps_per_epoch(self) -> int | None:
+        return None if self.num_examples is None else self.num_examples // self.batch_size
+
+    def __iter__(self) -> SkipCountingIterator:
+        return iter(self.dataset)
+
+
+def _read_options(opts: LoaderOptions):
+    return grain.ReadOptions(num_threads=opts.num_threads, prefetch_buffer_size=opts.prefetch_buffer_size)
+
+
+def _finish_train(stream, opts: LoaderOptions, load_skips, num_examples) -> DataPipeline:
+    ds = _DropSkipped(stream).batch(opts.batch_size, drop_remainder=True)
+    if opts.num_workers > 0:
+        ds = ds.mp_prefetch(grain.MultiprocessingOptions(num_workers=opts.num_workers,
+                                                         per_worker_buffer_size=opts.worker_buffer_size))
+    elif opts.host_prefetch > 0:
+        ds = grain.experimental.ThreadPrefetchIterDataset(ds, prefetch_buffer_size=opts.host_prefetch)
+    return DataPipeline(_SkipCounting(ds, load_skips), num_examples, opts.batch_size, load_skips)
+
+
+def train_pipeline(datasets: Sequence[DatasetSpec | dict], processor, opts: LoaderOptions,
+                   num_epochs: int | None = None, shuffle: bool = True) -> DataPipeline:
+    """General training pipeline: weighted mixture of `datasets` through `processor`.
+
+    A single dataset runs epoch after epoch (reshuffled each epoch); several are mixed by
+    `weight` (each repeated on its own, so a small dataset is revisited more often)."""
+    specs = [DatasetSpec.from_any(s) for s in datasets]
+    if not specs:
+        raise ValueError("no datasets given")
+    shard_index, shard_count = opts.resolved_shard()
+    load_skips: collections.Counter = collections.Counter()
+    guarded = _Guarded(processor)
+    map_branches, iter_branches, weights, num_examples = [], [], [], 0
+    for i, spec in enumerate(specs):
+        src, skips = open_source(spec, shard_index, shard_count, opts.seed + 7919 * i, num_epochs)
+        load_skips.update(skips)
+        if isinstance(src, grain.IterDataset):
+            iter_branches.append((i, src.random_map(guarded, seed=opts.seed + 104729 * (i + 1))))
+            num_examples = None
+        else:
+            ds = grain.MapDataset.source(src)[shard_index::shard_count]
+            if num_examples is not None:
+                num_examples += len(ds)
+            if shuffle:
+                ds = ds.shuffle(seed=opts.seed + 7919 * i)
+            map_branches.append((i, ds.repeat(num_epochs) if (num_epochs != 1 or len(specs) > 1) else ds))
+        weights.append(spec.weight)
+    if not iter_branches:
+        branches = [ds for _, ds in map_branches]
+        mixed = branches[0] if len(branches) == 1 else grain.MapDataset.mix(branches, weights)
+        stream = mixed.random_map(guarded, seed=opts.seed).to_iter_dataset(_read_options(opts))
+    else:
+        by_index = dict(iter_branches)
+        for i, ds in map_branches:
+            by_index[i] = ds.random_map(guarded, seed=opts.seed + 104729 * (i + 1)).to_iter_dataset(
+                _read_options(opts))
+        branches = [by_index[i] for i in range(len(specs))]
+        stream = branches[0] if len(branches) == 1 else grain.IterDataset.mix(branches, weights)
+    return _finish_train(stream, opts, load_skips, num_examples)
+
+
+def pretrain_pipeline(datasets: Sequence[DatasetSpec | dict], tokenizer, opts: LoaderOptions, *,
+                      image_size: int = 224, min_scale: float = 0.2, max_words: int = 30, max_len: int = 30,
+                      hflip: bool = True, randaugment: bool = True, num_epochs: int | None = None) -> DataPipeline:
+    """Pretraining on a weighted mixture (e.g. COCO+VG+CC+SBU+LAION)."""
+    transform = TrainImageTransform(image_size, min_scale=min_scale, hflip=hflip,
+                                    randaugment=RandAugment() if randaugment else None)
+    proc = ImageTextProcessor(transform, tokenizer, max_words=max_words, max_len=max_len)
+    return train_pipeline(datasets, proc, opts, num_epochs=num_epochs)
+
+
+def retrieval_train_pipeline(dataset: DatasetSpec | dict, tokenizer, opts: LoaderOptions, *,
+                             image_size: int = 384, min_scale: float = 0.5, max_words: int = 30,
+                             max_len: int = 35, hflip: bool = True, randaugment: bool = True,
+                             num_epochs: int | None = None) -> DataPipeline:
+    """Retrieval fine-tuning (coco_karpathy train: one record per caption). `image_id` in the
+    batch is the dense image id: pairs with equal ids are ITC positives."""
+    transform = TrainImageTransform(image_size, min_scale=min_scale, hflip=hflip,
+                                    randaugment=RandAugment() if randaugment else None)
+    proc = ImageTextProcessor(transform, tokenizer, max_words=max_words, max_len=max_len)
+    return train_pipeline([dataset], proc, opts, num_epochs=num_epochs)
+
+
+def caption_train_pipeline(dataset: DatasetSpec | dict, tokenizer, opts: LoaderOptions, *,
+                           image_size: int = 384, min_scale: float = 0.5, max_words: int = 30,
+                           max_len: int = 40, prompt: str = "a picture of ", hflip: bool = True,
+                           randaugment: bool = True, num_epochs: int | None = None) -> DataPipeline:
+    """Caption fine-tuning: captions are `prompt + pre_caption(caption)` (BLIP's coco_karpathy_train)."""
+    transform = TrainImageTransform(image_size, min_scale=min_scale, hflip=hflip,
+                                    randaugment=RandAugment() if randaugment else None)
+    proc = ImageTextProcessor(transform, tokenizer, max_words=max_words, max_len=max_len, prompt=prompt)
+    return train_pipeline([dataset], proc, opts, num_epochs=num_epochs)
+
+
+def vqa_train_pipeline(dataset: DatasetSpec | dict, tokenizer, opts: LoaderOptions, *,
+                       image_size: int = 480, min_scale: float = 0.5, question_max_len: int = 35,
+                       answer_max_len: int = 10, max_answers: int = 10, hflip: bool = True,
+                       randaugment: bool = True, num_epochs: int | None = None) -> DataPipeline:
+    """VQA fine-tuning (vqa_train + vqa_val + vg_qa as one spec with several files)."""
+    transform = TrainImageTransform(image_size, min_scale=min_scale, hflip=hflip,
+                                    randaugment=RandAugment() if randaugment else None)
+    proc = VQAProcessor(transform, tokenizer, question_max_len=question_max_len,
+                        answer_max_len=answer_max_len, max_answers=max_answers, train=True)
+    return train_pipeline([dataset], proc, opts, num_epochs=num_epochs)
+
+
+def _eval_template(processor: EvalProcessor, image_size: int) -> dict[str, tuple[tuple, Any]]:
+    t = {"index": ((), np.int32), "image_id": ((), np.int32),
+         "pixel_values": ((image_size, image_size, 3), np.float32 if processor.image_transform.normalize else np.uint8)}
+    if processor.vqa:
+        t["question_id"] = ((), np.int32)
+        if processor.tokenizer is not None:
+            t["question_input_ids"] = ((processor.question_max_len,), np.int32)
+            t["question_attention_mask"] = ((processor.question_max_len,), np.int32)
+    return t
+
+
+def eval_pipeline(dataset: DatasetSpec | dict | Sequence[dict], opts: LoaderOptions, *, image_size: int = 384,
+                  tokenizer=None, vqa: bool = False, question_max_len: int = 35) -> DataPipeline:
+    """Every record of `dataset` exactly once (this process's strided share), in order, in
+    `ceil(ceil(N / shard_count) / batch_size)` batches on every process; padding rows have
+    mask 0. Records with bad images are skipped and counted (their `index` never appears)."""
+    if isinstance(dataset, (list, tuple)) and (not dataset or "captions" in dataset[0]):
+        records, load_skips = list(dataset), collections.Counter()
+    else:
+        spec = DatasetSpec.from_any(dataset)
+        records, load_skips = open_source(spec)
+        if isinstance(records, grain.IterDataset):
+            raise ValueError("eval needs a random-access source (BLIP JSON, ArrayRecord or tfds)")
+    shard_index, shard_count = opts.resolved_shard()
+    proc = EvalProcessor(EvalImageTransform(image_size), tokenizer, vqa=vqa, question_max_len=question_max_len)
+    n_total = len(records)
+    num_batches = math.ceil(math.ceil(n_total / shard_count) / opts.batch_size)
+    ds = grain.MapDataset.source(records)[shard_index::shard_count]
+    num_examples = len(ds)
+    stream = ds.map(_Guarded(proc)).to_iter_dataset(_read_options(opts))
+    if opts.num_workers > 0:
+        stream = stream.mp_prefetch(grain.MultiprocessingOptions(num_workers=opts.num_workers,
+                                                                 per_worker_buffer_size=opts.worker_buffer_size))
+    batched = _PaddedBatch(_DropSkipped(stream), opts.batch_size, num_batches, _eval_template(proc, image_size))
+    return DataPipeline(_SkipCounting(batched, load_skips), num_examples, opts.batch_size, load_skips)
+
+
+def retrieval_eval_texts(records: Sequence[dict], max_words: int = 30):
+    """coco_karpathy val/test records -> (texts, txt2img (T,) int32, img2txt list of lists).
+
+    Text i belongs to image txt2img[i] (the record `index`); a non-string caption is kept as
+    "" so that text indices stay aligned with the annotation file."""
+    texts, txt2img, img2txt = [], [], []
+    for rec in records:
+        ids = []
+        for c in rec["captions"]:
+            ids.append(len(texts))
+            texts.append(pre_caption(c, max_words) if isinstance(c, str) else "")
+            txt2img.append(rec["index"])
+        img2txt.append(ids)
+    return texts, np.asarray(txt2img, np.int32), img2txt
+
+
+def checkpoint_args(iterator):
+    """(save_args, restore_args) for an Orbax CheckpointManager item holding the iterator:
+
+        mngr.save(step, args=ocp.args.Composite(state=..., data=save_args))
+        mngr.restore(step, args=ocp.args.Composite(state=..., data=restore_args))
+    Each process writes its own process_<i>-of-<n>.json."""
+    return grain.checkpoint.CheckpointSave(iterator), grain.checkpoint.CheckpointRestore(iterator)

@@ -1,0 +1,308 @@
+"""Record sources: webdataset tar shards (streaming), ArrayRecord shards (random access), tfds.
+
+BLIP JSON files load into plain record lists (`annotations.py`), which grain reads as
+random-access sources directly.
+"""
+
+from __future__ import annotations
+
+import glob
+import json
+import os
+import tarfile
+from collections.abc import Sequence
+from typing import Any
+
+import grain
+import numpy as np
+
+from blip_jax.data.records import (
+    BadRecord,
+    deserialize_record,
+    make_record,
+    skip_marker,
+)
+
+IMAGE_EXTENSIONS = ("jpg", "jpeg", "png", "webp", "bmp", "gif", "tif", "tiff")
+
+
+def expand_paths(patterns: str | Sequence[str]) -> list[str]:
+    """Globs (and brace-free lists) -> sorted unique existing paths; a pattern matching nothing
+    is an error (a typo in a config should not silently train on less data)."""
+    patterns = [patterns] if isinstance(patterns, str) else list(patterns)
+    out: list[str] = []
+    for pattern in patterns:
+        matches = sorted(glob.glob(os.path.expanduser(pattern)))
+        if not matches:
+            raise FileNotFoundError(f"no files match {pattern!r}")
+        out.extend(matches)
+    return sorted(dict.fromkeys(out))
+
+
+# ---------------------------------------------------------------------------------------------
+# webdataset / img2dataset shards
+
+
+def _sample_key(name: str) -> tuple[str, str]:
+    """webdataset convention: key = path up to the first '.' of the basename, ext = the rest."""
+    dirname, base = os.path.split(name)
+    if "." not in base:
+        return name, ""
+    stem, ext = base.split(".", 1)
+    return os.path.join(dirname, stem), ext.lower()
+
+
+def _iter_tar_samples(path: str):
+    """Yields (key, {ext: bytes}) per sample of a tar shard; a corrupt/truncated tail ends the
+    shard with a ('', None) marker instead of raising."""
+    try:
+        tar = tarfile.open(path, "r|*")
+    except (tarfile.TarError, OSError, EOFError):
+        yield "", None
+        return
+    key, files = None, {}
+    try:
+        with tar:
+            for member in tar:
+                if not member.isfile():
+                    continue
+                k, ext = _sample_key(member.name)
+                if k != key and key is not None:
+                    yield key, files
+                    files = {}
+                key = k
+                f = tar.extractfile(member)
+                files[ext] = f.read() if f is not None else b""
+    except (tarfile.TarError, OSError, EOFError):
+        if key is not None and files:
+            yield key, files
+        yield "", None
+        return
+    if key is not None:
+        yield key, files
+
+
+def webdataset_sample_to_record(key: str, files: dict[str, bytes], source: str, index: int) -> dict:
+    """One img2dataset sample ({key}.jpg/.txt/.json) -> record, or a skip marker."""
+    image = None
+    for ext in IMAGE_EXTENSIONS:
+        if ext in files:
+            image = files[ext]
+            break
+    if image is None:
+        return skip_marker("missing_image", f"no image member in sample {key}", source)
+    meta: dict[str, Any] = {}
+    if "json" in files:
+        try:
+            meta = json.loads(files["json"].decode("utf-8"))
+            if not isinstance(meta, dict):
+                raise ValueError("not an object")
+        except (UnicodeDecodeError, ValueError):
+            return skip_marker("bad_json", f"sample {key}", source)
+    if "txt" in files:
+        try:
+            captions = [files["txt"].decode("utf-8")]
+        except UnicodeDecodeError:
+            return skip_marker("bad_caption", f"sample {key}: .txt is not UTF-8", source)
+    elif "caption" in meta:
+        captions = [meta["caption"]]
+    else:
+        return skip_marker("bad_caption", f"sample {key}: no .txt and no json caption", source)
+    raw_key = meta.get("key", os.path.basename(key))
+    return make_record(image=image, image_key=str(raw_key), captions=captions, source=source,
+                       index=index, image_id=index)
+
+
+class WebDatasetIterDataset(grain.IterDataset):
+    """Streams img2dataset/webdataset tar shards as records (a grain IterDataset source).
+
+    Sharding (per process via `shard_index/shard_count`, and per grain worker via `set_slice`)
+    assigns whole shards when there are at least as many shards as readers, else every reader
+    reads all shards and keeps every k-th sample. Shard order is reshuffled each epoch from
+    `seed`. The iterator state is (epoch, shard position, samples consumed), so a restore
+    re-opens the shard and skips the consumed samples without decoding them."""
+
+    def __init__(self, shards: str | Sequence[str], *, source: str = "web", seed: int = 0,
+                 shuffle_shards: bool = True, num_epochs: int | None = 1,
+                 shard_index: int = 0, shard_count: int = 1):
+        super().__init__()
+        self._shards = expand_paths(shards)
+        self._source = source
+        self._seed = seed
+        self._shuffle = shuffle_shards
+        self._num_epochs = num_epochs
+        self._start, self._step = shard_index, shard_count
+
+    def set_slice(self, sl: slice, sequential_slice: bool = False) -> None:
+        del sequential_slice
+        start, stop, step = sl.start or 0, sl.stop, sl.step or 1
+        if stop is not None:
+            raise ValueError("WebDatasetIterDataset supports open-ended slices only")
+        # Compose: the new slice selects every `step`-th of our current units.
+        self._start, self._step = self._start + start * self._step, self._step * step
+
+    def __str__(self) -> str:
+        return f"WebDatasetIterDataset({len(self._shards)} shards, slice {self._start}::{self._step})"
+
+    def __iter__(self):
+        return _WebDatasetIterator(self)
+
+
+class _WebDatasetIterator(grain.DatasetIterator):
+    def __init__(self, ds: WebDatasetIterDataset):
+        super().__init__()
+        self._ds = ds
+        self._epoch, self._shard_pos, self._consumed = 0, 0, 0
+        self._gen = None
+
+    def _plan(self, epoch: int) -> tuple[list[str], bool]:
+        ds = self._ds
+        order = list(ds._shards)
+        if ds._shuffle:
+            perm = np.random.default_rng([ds._seed, epoch]).permutation(len(order))
+            order = [order[i] for i in perm]
+        if len(order) >= ds._step:
+            return order[ds._start::ds._step], False
+        return order, True  # sample-level split
+
+    def _open(self):
+        shards, by_sample = self._plan(self._epoch)
+        if self._shard_pos >= len(shards):
+            return None
+        path = shards[self._shard_pos]
+        gen = _iter_tar_samples(path)
+        for _ in range(self._consumed):  # resume: skip what was consumed, no image decode
+            next(gen, None)
+        return gen, path, by_sample
+
+    def __next__(self):
+        ds = self._ds
+        while True:
+            if ds._num_epochs is not None and self._epoch >= ds._num_epochs:
+                raise StopIteration
+            if self._gen is None:
+                opened = self._open()
+                if opened is None:
+                    self._epoch, self._shard_pos, self._consumed = self._epoch + 1, 0, 0
+                    if ds._num_epochs is None and not self._plan(self._epoch)[0]:
+                        raise StopIteration  # nothing assigned to this reader at all
+                    continue
+                self._gen = opened
+            gen, path, by_sample = self._gen
+            item = next(gen, StopIteration)
+            if item is StopIteration:
+                self._gen, self._shard_pos, self._consumed = None, self._shard_pos + 1, 0
+                continue
+            position = self._consumed
+            self._consumed += 1
+            key, files = item
+            if by_sample and position % ds._step != ds._start:
+                continue
+            if files is None:
+                return skip_marker("bad_record", f"unreadable tar data in {path}", ds._source)
+            return webdataset_sample_to_record(key, files, ds._source, position)
+
+    def get_state(self) -> dict[str, Any]:
+        return {"epoch": self._epoch, "shard_pos": self._shard_pos, "consumed": self._consumed}
+
+    def set_state(self, state: dict[str, Any]) -> None:
+        self._epoch, self._shard_pos, self._consumed = state["epoch"], state["shard_pos"], state["consumed"]
+        self._gen = None
+
+
+# ---------------------------------------------------------------------------------------------
+# ArrayRecord
+
+
+class ArrayRecordRecords(grain.sources.RandomAccessDataSource):
+    """ArrayRecord shards written by `convert.py` -> records (bad bytes -> skip markers)."""
+
+    def __init__(self, paths: str | Sequence[str], source: str = "array_record"):
+        self._paths = expand_paths(paths)
+        self._ds = grain.sources.ArrayRecordDataSource(self._paths)
+        self._source = source
+
+    def __len__(self) -> int:
+        return len(self._ds)
+
+    def __getitem__(self, index: int) -> dict:
+        data = self._ds[index]
+        try:
+            rec = deserialize_record(data)
+        except BadRecord as e:
+            return skip_marker(e.reason, f"{e.detail} at index {index}", self._source)
+        rec["source"] = rec.get("source") or self._source
+        return rec
+
+    def __repr__(self) -> str:
+        return f"ArrayRecordRecords({len(self._paths)} files, {len(self)} records)"
+
+
+# ---------------------------------------------------------------------------------------------
+# tfds (optional extra: `pip install blip-jax[tfds]`)
+
+
+def _get_path(example: dict, key: str):
+    if key in example:
+        return example[key]
+    node: Any = example
+    for part in key.split("/"):
+        if not isinstance(node, dict) or part not in node:
+            return None
+        node = node[part]
+    return node
+
+
+def _as_text(value) -> Any:
+    if isinstance(value, (bytes, np.bytes_)):
+        try:
+            return bytes(value).decode("utf-8")
+        except UnicodeDecodeError:
+            return None
+    return value
+
+
+def tfds_example_to_record(example: dict, index: int, image_key: str = "image",
+                           caption_key: str = "captions/text", id_key: str | None = "image/id",
+                           source: str = "tfds") -> dict:
+    """A tfds example (decoded or with SkipDecoding image bytes) -> record."""
+    image = _get_path(example, image_key)
+    if isinstance(image, np.ndarray) and image.dtype == np.uint8 and image.ndim == 3:
+        image = image if image.shape[-1] == 3 else np.repeat(image[..., :1], 3, -1)
+    elif isinstance(image, (bytes, np.bytes_)):
+        image = bytes(image)
+    elif image is not None and not isinstance(image, np.ndarray):
+        image = None
+    captions = _get_path(example, caption_key)
+    if captions is None:
+        captions = []
+    elif isinstance(captions, (str, bytes, np.bytes_)):
+        captions = [captions]
+    captions = [_as_text(c) for c in np.asarray(captions, dtype=object).reshape(-1).tolist()]
+    raw_id = _get_path(example, id_key) if id_key else None
+    image_id = int(raw_id) if raw_id is not None and np.ndim(raw_id) == 0 else index
+    return make_record(image=image, image_id=image_id, image_key=str(image_id), captions=captions,
+                       source=source, index=index)
+
+
+class TfdsRecords(grain.sources.RandomAccessDataSource):
+    """`tfds.data_source(name, split)` of a dataset the user prepared -> records.
+
+    Images are read undecoded (SkipDecoding) so the train transform can use scaled JPEG decode.
+    Needs the optional extra; importing blip_jax never imports tensorflow_datasets."""
+
+    def __init__(self, name: str, split: str, data_dir: str | None = None, image_key: str = "image",
+                 caption_key: str = "captions/text", id_key: str | None = "image/id", source: str | None = None):
+        try:
+            import tensorflow_datasets as tfds
+        except ImportError as e:
+            raise ImportError("tfds sources need tensorflow-datasets: pip install 'blip-jax[tfds]'") from e
+        decoders = {image_key: tfds.decode.SkipDecoding()}
+        self._ds = tfds.data_source(name, split=split, data_dir=data_dir, decoders=decoders)
+        self._kw = dict(image_key=image_key, caption_key=caption_key, id_key=id_key, source=source or name)
+
+    def __len__(self) -> int:
+        return len(self._ds)
+
+    def __getitem__(self, index: int) -> dict:
+        return tfds_example_to_record(self._ds[index], index, **self._kw)

@@ -1,9 +1,9 @@
 """Data layer: record schema, sources (BLIP JSON, webdataset, ArrayRecord, tfds), transforms,
 grain pipelines, global batches and the embedded synthetic dataset.
 
-Names are imported lazily so `import blip_jax.data` stays cheap (no grain/jax import)."""
+Names are imported lazily so `import blip_jax.data` stays cheap (no grain/jax import). No
+`from __future__ import annotations` here: it would shadow the `annotations` submodule."""
 
-from __future__ import annotations
 
 import importlib
 

@@ -1,0 +1,444 @@
+"""The embedded default dataset: a small, learnable image-text world generated from a seed.
+
+Scenes are 1-3 coloured shapes (circle, square, triangle, diamond in 6 colours, small or
+large) placed in distinct cells of a 3x3 grid on a textured pastel background. Captions are
+templated but varied (several phrasings, optional sizes/positions, counts for repeated
+objects); questions ask about colour, shape, count, position and presence. Everything is
+written in the real on-disk formats so every loader runs on it:
+
+    {out}/images/web/web_000000123.jpg          noisy "web" split images
+    {out}/images/coco/COCO_synth_000000000042.jpg  clean split images (COCO-style names)
+    {out}/annotations/pretrain_web.json        BLIP pretraining list, web captions (noisy)
+    {out}/annotations/pretrain_coco.json       BLIP pretraining list, the 5 clean captions
+    {out}/annotations/web_noise.json           per web caption: is_noise, noise_type, clean_caption
+    {out}/annotations/coco_karpathy_{train,val,test}.json
+    {out}/annotations/vqa_{train,test}.json, vg_qa.json, answer_list.json
+    {out}/shards/web-00000.tar ...              the web split as img2dataset webdataset shards
+    {out}/corpus.txt                            every caption/question/answer, cleaned, one a line
+    {out}/vocab.txt                             WordPiece vocab ([PAD]=0 [UNK] [CLS] [SEP] [MASK],
+                                                characters and ##characters, then corpus words)
+    {out}/scenes.json                           ground-truth objects per image
+    {out}/manifest.json                         sizes, seed, counts, paths for configs
+
+Image paths in the JSON files are relative to {out}/images (pass it as image_root).
+The vocab covers every character, so WordPiece never needs [UNK] on this corpus; [DEC]/[ENC]
+are not in it: the tokenizer appends them after the vocab, as BLIP does for BERT's.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import io
+import json
+import os
+import re
+import tarfile
+import time
+
+import numpy as np
+from PIL import Image, ImageDraw
+
+from blip_jax.data.text import pre_caption, pre_question
+
+COLORS = {"red": (215, 38, 38), "green": (34, 160, 60), "blue": (36, 84, 216),
+          "yellow": (236, 204, 30), "purple": (136, 56, 176), "orange": (244, 132, 24)}
+SHAPES = ("circle", "square", "triangle", "diamond")
+SYNONYMS = {"circle": ("circle", "disc", "round shape"), "square": ("square", "box", "square"),
+            "triangle": ("triangle", "triangle", "triangular shape"), "diamond": ("diamond", "rhombus", "diamond")}
+PLURAL = {"circle": "circles", "square": "squares", "triangle": "triangles", "diamond": "diamonds",
+          "disc": "discs", "box": "boxes", "round shape": "round shapes", "triangular shape": "triangular shapes",
+          "rhombus": "rhombuses"}
+ROWS, COLS = ("top", "middle", "bottom"), ("left", "center", "right")
+NUMBERS = {1: "one", 2: "two", 3: "three"}
+JUNK = ("IMG_{n}.jpg", "DSC0{n}", "click here to buy", "stock photo {n}", "untitled", "image",
+        "free shipping on all orders", "best price guaranteed", "screenshot {n}", "photo by admin",
+        "download now", "wallpaper hd {n}")
+SPECIAL_TOKENS = ("[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]")
+
+
+@dataclasses.dataclass
+class SyntheticConfig:
+    seed: int = 0
+    image_size: int = 128
+    num_web: int = 3000
+    num_coco_train: int = 800
+    num_coco_val: int = 100
+    num_coco_test: int = 100
+    captions_per_image: int = 5
+    noise_fraction: float = 0.4
+    questions_per_image: int = 3
+    vg_questions: int = 500  # VG-style QA (dataset "vg") on web images
+    shard_size: int = 1000  # samples per webdataset shard
+    jpeg_quality: int = 90
+    num_corrupt: int = 0  # broken web images (zero-byte, truncated, garbage) to exercise skipping
+
+
+# ---------------------------------------------------------------------------------------------
+# Scenes
+
+
+def sample_scene(rng: np.random.Generator) -> dict:
+    n = int(rng.choice([1, 2, 3], p=[0.35, 0.4, 0.25]))
+    cells = rng.permutation(9)[:n]
+    objects = []
+    # Repeated objects make counting captions/questions meaningful.
+    repeat = n > 1 and rng.random() < 0.35
+    for k, cell in enumerate(cells):
+        if repeat and k > 0 and rng.random() < 0.7:
+            color, shape = objects[0]["color"], objects[0]["shape"]
+        else:
+            color = str(rng.choice(list(COLORS)))
+            shape = str(rng.choice(SHAPES))
+        objects.append({"shape": shape, "color": color, "size": str(rng.choice(["small", "large"])),
+                        "row": ROWS[cell // 3], "col": COLS[cell % 3]})
+    bg = tuple(int(v) for v in rng.integers(200, 250, 3))
+    return {"objects": objects, "background": bg}
+
+
+def render_scene(scene: dict, size: int, rng: np.random.Generator) -> Image.Image:
+    s2 = size * 2  # draw at 2x and downsample: anti-aliased edges
+    h = np.linspace(0, 1, s2, dtype=np.float32)[:, None, None]
+    bg = np.asarray(scene["background"], np.float32)
+    canvas = bg * (0.92 + 0.08 * h)
+    img = Image.fromarray(np.clip(canvas, 0, 255).astype(np.uint8))
+    draw = ImageDraw.Draw(img)
+    cell = s2 / 3
+    for o in scene["objects"]:
+        r = cell * (0.17 if o["size"] == "small" else 0.36) * float(rng.uniform(0.9, 1.1))
+        cx = (COLS.index(o["col"]) + 0.5) * cell + float(rng.uniform(-0.08, 0.08)) * cell
+        cy = (ROWS.index(o["row"]) + 0.5) * cell + float(rng.uniform(-0.08, 0.08)) * cell
+        fill = tuple(int(np.clip(c + rng.integers(-12, 13), 0, 255)) for c in COLORS[o["color"]])
+        if o["shape"] == "circle":
+            draw.ellipse((cx - r, cy - r, cx + r, cy + r), fill=fill)
+        elif o["shape"] == "square":
+            draw.rectangle((cx - r * 0.9, cy - r * 0.9, cx + r * 0.9, cy + r * 0.9), fill=fill)
+        elif o["shape"] == "triangle":
+            draw.polygon([(cx, cy - r), (cx - r, cy + r * 0.85), (cx + r, cy + r * 0.85)], fill=fill)
+        else:
+            draw.polygon([(cx, cy - r), (cx + r * 0.8, cy), (cx, cy + r), (cx - r * 0.8, cy)], fill=fill)
+    small = np.asarray(img.resize((size, size), Image.Resampling.BOX), np.int16)
+    noise = rng.integers(-4, 5, small.shape, dtype=np.int16)  # sensor-like texture
+    return Image.fromarray(np.clip(small + noise, 0, 255).astype(np.uint8))
+
+
+def position_phrase(o: dict, rng: np.random.Generator) -> str:
+    row, col = o["row"], o["col"]
+    if row == "middle" and col == "center":
+        return str(rng.choice(["in the center", "in the middle"]))
+    if row == "middle":
+        return str(rng.choice([f"on the {col}", f"on the {col} side"]))
+    if col == "center":
+        return str(rng.choice([f"at the {row}", f"near the {row}"]))
+    return str(rng.choice([f"in the {row} {col} corner", f"at the {row} {col}"]))
+
+
+def _noun(shape: str, rng, plural: bool = False) -> str:
+    word = str(rng.choice(SYNONYMS[shape]))
+    return PLURAL[word] if plural else word
+
+
+def describe(scene: dict, rng: np.random.Generator) -> str:
+    """One varied, truthful caption of `scene`."""
+    objs = scene["objects"]
+    groups: dict[tuple[str, str], list[dict]] = {}
+    for o in objs:
+        groups.setdefault((o["color"], o["shape"]), []).append(o)
+    with_size = rng.random() < 0.5
+    with_pos = rng.random() < 0.6
+    parts = []
+    for (color, shape), members in groups.items():
+        if len(members) > 1:
+            parts.append(f"{NUMBERS[len(members)]} {color} {_noun(shape, rng, plural=True)}")
+            continue
+        o = members[0]
+        adj = f"{o['size']} " if with_size else ""
+        phrase = f"{adj}{color} {_noun(shape, rng)}"
+        phrase = ("an " if phrase[0] in "aeiou" else "a ") + phrase
+        if with_pos:
+            phrase += " " + position_phrase(o, rng)
+        parts.append(phrase)
+    order = rng.permutation(len(parts))
+    parts = [parts[i] for i in order]
+    body = parts[0] if len(parts) == 1 else ", ".join(parts[:-1]) + " and " + parts[-1]
+    n = len(objs)
+    template = int(rng.integers(0, 6))
+    if template == 0:
+        return body
+    if template == 1:
+        return f"a picture of {body}"
+    if template == 2:
+        return f"{body} on a plain background"
+    if template == 3:
+        return f"an image with {NUMBERS[n]} shape{'s' if n > 1 else ''}: {body}"
+    if template == 4:
+        return f"there {'is' if n == 1 else 'are'} {body}"
+    return f"a simple drawing of {body}."
+
+
+def corrupt_scene(scene: dict, rng: np.random.Generator) -> dict:
+    """A copy with one attribute of one object changed (for 'partially wrong' captions)."""
+    out = json.loads(json.dumps(scene))
+    o = out["objects"][int(rng.integers(len(out["objects"])))]
+    if rng.random() < 0.5:
+        o["color"] = str(rng.choice([c for c in COLORS if c != o["color"]]))
+    else:
+        o["shape"] = str(rng.choice([s for s in SHAPES if s != o["shape"]]))
+    return out
+
+
+def junk_caption(rng: np.random.Generator) -> str:
+    return str(rng.choice(JUNK)).format(n=int(rng.integers(100, 99999)))
+
+
+# ---------------------------------------------------------------------------------------------
+# Questions
+
+
+def _count_word(n: int) -> str:
+    return str(n)  # VQA answers use digits (the official normalisation maps words to digits)
+
+
+def questions_for(scene: dict, rng: np.random.Generator, k: int) -> list[tuple[str, str]]:
+    objs = scene["objects"]
+    cands: list[tuple[str, str]] = []
+    for shape in SHAPES:
+        same = [o for o in objs if o["shape"] == shape]
+        if len(same) == 1:
+            cands.append((f"what color is the {shape}?", same[0]["color"]))
+            o = same[0]
+            cands.append((f"where is the {o['color']} {shape}?", _where_answer(o)))
+        cands.append((f"how many {PLURAL[shape]} are there?", _count_word(len(same))))
+    for color in COLORS:
+        same = [o for o in objs if o["color"] == color]
+        if len(same) == 1:
+            cands.append((f"what shape is the {color} object?", same[0]["shape"]))
+    cands.append(("how many shapes are in the picture?", _count_word(len(objs))))
+    o = objs[int(rng.integers(len(objs)))]
+    cands.append((f"is there a {o['color']} {o['shape']}?", "yes"))
+    fake = corrupt_scene(scene, rng)["objects"]
+    present = {(x["color"], x["shape"]) for x in objs}
+    for f in fake:
+        if (f["color"], f["shape"]) not in present:
+            cands.append((f"is there a {f['color']} {f['shape']}?", "no"))
+            break
+    picks = rng.permutation(len(cands))[:k]
+    return [cands[i] for i in picks]
+
+
+def _where_answer(o: dict) -> str:
+    if o["row"] == "middle" and o["col"] == "center":
+        return "center"
+    if o["row"] == "middle":
+        return o["col"]
+    if o["col"] == "center":
+        return o["row"]
+    return f"{o['row']} {o['col']}"
+
+
+def _votes(answer: str, rng: np.random.Generator, pool: list[str]) -> list[str]:
+    """10 annotator answers: mostly the truth, sometimes 1-2 plausible disagreements."""
+    votes = [answer] * 10
+    if rng.random() < 0.2:
+        for j in rng.choice(10, size=int(rng.integers(1, 3)), replace=False):
+            votes[int(j)] = str(rng.choice(pool))
+    return votes
+
+
+# ---------------------------------------------------------------------------------------------
+# Writing
+
+
+def _jpeg(img: Image.Image, quality: int) -> bytes:
+    buf = io.BytesIO()
+    img.save(buf, "JPEG", quality=quality)
+    return buf.getvalue()
+
+
+def _dump(obj, path: str) -> None:
+    with open(path, "w", encoding="utf-8") as f:
+        json.dump(obj, f, ensure_ascii=False, indent=None, separators=(",", ":"))
+
+
+_BASIC_SPLIT = re.compile(r"\w+|[^\w\s]", re.UNICODE)
+
+
+def build_vocab(lines: list[str]) -> list[str]:
+    """Deterministic WordPiece vocab: specials, every character seen (and its ## form), then the
+    corpus words in sorted order (BERT basic-tokenizer split: words and single punctuation)."""
+    words, chars = set(), set()
+    for line in lines:
+        for tok in _BASIC_SPLIT.findall(line.lower()):
+            words.add(tok)
+            chars.update(tok)
+    chars.update("abcdefghijklmnopqrstuvwxyz0123456789")
+    vocab = list(SPECIAL_TOKENS)
+    ordered_chars = sorted(chars)
+    vocab += ordered_chars + ["##" + c for c in ordered_chars if c.isalnum()]
+    seen = set(vocab)
+    vocab += [w for w in sorted(words) if w not in seen]
+    return vocab
+
+
+def generate_embedded_dataset(out_dir: str, config: SyntheticConfig | None = None, **overrides) -> dict:
+    """Writes the embedded dataset to `out_dir` (see module docstring); returns the manifest."""
+    cfg = dataclasses.replace(config or SyntheticConfig(), **overrides)
+    t0 = time.time()
+    img_root = os.path.join(out_dir, "images")
+    ann_dir = os.path.join(out_dir, "annotations")
+    for d in (os.path.join(img_root, "web"), os.path.join(img_root, "coco"), ann_dir, os.path.join(out_dir, "shards")):
+        os.makedirs(d, exist_ok=True)
+    scenes_out: dict[str, dict] = {}
+    corpus: list[str] = []
+
+    # --- noisy web split ------------------------------------------------------------------
+    web_scenes, web_paths, web_bytes = [], [], []
+    for i in range(cfg.num_web):
+        rng = np.random.default_rng([cfg.seed, 1, i])
+        scene = sample_scene(rng)
+        rel = f"web/web_{i:09d}.jpg"
+        data = _jpeg(render_scene(scene, cfg.image_size, rng), cfg.jpeg_quality)
+        with open(os.path.join(img_root, rel), "wb") as f:
+            f.write(data)
+        web_scenes.append(scene)
+        web_paths.append(rel)
+        web_bytes.append(data)
+        scenes_out[rel] = scene
+    clean = [describe(s, np.random.default_rng([cfg.seed, 2, i])) for i, s in enumerate(web_scenes)]
+    noise_rng = np.random.default_rng([cfg.seed, 3])
+    n_noise = int(round(cfg.noise_fraction * cfg.num_web))
+    noisy_idx = set(noise_rng.permutation(cfg.num_web)[:n_noise].tolist())
+    web_entries, noise_entries = [], []
+    for i in range(cfg.num_web):
+        rng = np.random.default_rng([cfg.seed, 4, i])
+        caption, kind = clean[i], "clean"
+        if i in noisy_idx:
+            kind = str(rng.choice(["other_image", "wrong_attribute", "junk"], p=[0.4, 0.35, 0.25]))
+            if kind == "other_image" and cfg.num_web > 1:
+                j = int(rng.integers(cfg.num_web - 1))
+                caption = clean[j + (j >= i)]
+            elif kind == "wrong_attribute":
+                caption = describe(corrupt_scene(web_scenes[i], rng), rng)
+            else:
+                kind, caption = "junk", junk_caption(rng)
+        web_entries.append({"image": web_paths[i], "caption": caption})
+        noise_entries.append({"image": web_paths[i], "caption": caption, "is_noise": kind != "clean",
+                              "noise_type": kind, "clean_caption": clean[i]})
+    corrupt_entries = []
+    for k in range(cfg.num_corrupt):
+        rel = f"web/broken_{k:05d}.jpg"
+        kind = k % 4
+        good = web_bytes[k % max(1, len(web_bytes))] if web_bytes else b"\xff\xd8"
+        payload = [b"", good[: len(good) // 3], b"this is not an image" * 8, None][kind]
+        if payload is not None:
+            with open(os.path.join(img_root, rel), "wb") as f:
+                f.write(payload)
+        corrupt_entries.append({"image": rel if payload is not None else f"web/missing_{k:05d}.jpg",
+                                "caption": "a broken image"})
+    _dump(web_entries + corrupt_entries, os.path.join(ann_dir, "pretrain_web.json"))
+    _dump(noise_entries, os.path.join(ann_dir, "web_noise.json"))
+    corpus += [pre_caption(e["caption"], 30) for e in web_entries]
+
+    # webdataset shards (img2dataset layout: {key}.jpg / .txt / .json)
+    shard_files = []
+    for s in range(0, cfg.num_web, cfg.shard_size):
+        path = os.path.join(out_dir, "shards", f"web-{s // cfg.shard_size:05d}.tar")
+        with tarfile.open(path, "w") as tar:
+            for i in range(s, min(cfg.num_web, s + cfg.shard_size)):
+                key = f"{i:09d}"
+                meta = {"key": key, "caption": web_entries[i]["caption"], "url": f"synthetic://web/{key}.jpg",
+                        "status": "success", "width": cfg.image_size, "height": cfg.image_size,
+                        "original_width": cfg.image_size, "original_height": cfg.image_size}
+                for ext, payload in (("jpg", web_bytes[i]), ("txt", web_entries[i]["caption"].encode()),
+                                     ("json", json.dumps(meta).encode())):
+                    info = tarfile.TarInfo(f"{key}.{ext}")
+                    info.size, info.mtime = len(payload), 0  # mtime 0: byte-identical reruns
+                    tar.addfile(info, io.BytesIO(payload))
+        shard_files.append(os.path.relpath(path, out_dir))
+
+    # --- clean human-annotated split (coco_karpathy format) -----------------------------
+    splits = {"train": cfg.num_coco_train, "val": cfg.num_coco_val, "test": cfg.num_coco_test}
+    coco_scenes: dict[str, list[tuple[str, dict]]] = {}
+    coco_id = 0
+    karpathy_train, pretrain_coco = [], []
+    for split_no, (split, n) in enumerate(splits.items()):
+        items, eval_entries = [], []
+        for i in range(n):
+            coco_id += 1
+            rng = np.random.default_rng([cfg.seed, 10 + split_no, i])
+            scene = sample_scene(rng)
+            rel = f"coco/COCO_synth_{coco_id:012d}.jpg"
+            with open(os.path.join(img_root, rel), "wb") as f:
+                f.write(_jpeg(render_scene(scene, cfg.image_size, rng), cfg.jpeg_quality))
+            caps, tries = [], 0
+            while len(caps) < cfg.captions_per_image and tries < 50:
+                c = describe(scene, rng)
+                tries += 1
+                if c not in caps or tries > 20:
+                    caps.append(c)
+            items.append((rel, scene))
+            scenes_out[rel] = scene
+            corpus += [pre_caption(c, 30) for c in caps]
+            if split == "train":
+                karpathy_train += [{"image": rel, "caption": c, "image_id": f"synth_{coco_id}"} for c in caps]
+                pretrain_coco.append({"image": rel, "caption": caps})
+            else:
+                eval_entries.append({"image": rel, "caption": caps})
+        coco_scenes[split] = items
+        if split != "train":
+            _dump(eval_entries, os.path.join(ann_dir, f"coco_karpathy_{split}.json"))
+    _dump(karpathy_train, os.path.join(ann_dir, "coco_karpathy_train.json"))
+    _dump(pretrain_coco, os.path.join(ann_dir, "pretrain_coco.json"))
+
+    # --- VQA ---------------------------------------------------------------------------------
+    answer_pool = sorted(set(COLORS) | set(SHAPES) | {"1", "2", "3", "0", "yes", "no", "center", "left", "right",
+                                                      "top", "bottom"} |
+                         {f"{r} {c}" for r in ("top", "bottom") for c in ("left", "right")})
+    qid = 0
+    vqa = {"train": [], "test": []}
+    for split, key in (("train", "train"), ("test", "test")):
+        for i, (rel, scene) in enumerate(coco_scenes[key]):
+            rng = np.random.default_rng([cfg.seed, 20 + (split == "test"), i])
+            for q, a in questions_for(scene, rng, cfg.questions_per_image):
+                qid += 1
+                vqa[split].append({"question_id": qid, "question": q, "answer": _votes(a, rng, answer_pool),
+                                   "image": rel, "dataset": "vqa"})
+                corpus += [pre_question(q), a]
+    vg = []
+    for i in range(min(cfg.vg_questions, cfg.num_web)):
+        rng = np.random.default_rng([cfg.seed, 30, i])
+        (q, a), = questions_for(web_scenes[i], rng, 1)
+        qid += 1
+        vg.append({"question_id": qid, "question": q, "answer": a, "image": web_paths[i].split("/", 1)[1],
+                   "dataset": "vg"})
+        corpus += [pre_question(q), a]
+    _dump(vqa["train"], os.path.join(ann_dir, "vqa_train.json"))
+    _dump(vqa["test"], os.path.join(ann_dir, "vqa_test.json"))
+    _dump(vg, os.path.join(ann_dir, "vg_qa.json"))
+    _dump(answer_pool, os.path.join(ann_dir, "answer_list.json"))
+
+    # --- corpus, vocab, scenes, manifest ------------------------------------------------
+    corpus += [pre_caption(c, 30) for c in clean]
+    with open(os.path.join(out_dir, "corpus.txt"), "w", encoding="utf-8") as f:
+        f.write("\n".join(corpus) + "\n")
+    vocab = build_vocab(corpus)
+    with open(os.path.join(out_dir, "vocab.txt"), "w", encoding="utf-8") as f:
+        f.write("\n".join(vocab) + "\n")
+    _dump(scenes_out, os.path.join(out_dir, "scenes.json"))
+    manifest = {
+        "config": dataclasses.asdict(cfg),
+        "image_root": "images",
+        "vg_image_root": "images/web",
+        "annotations": {k: f"annotations/{k}.json" for k in (
+            "pretrain_web", "pretrain_coco", "web_noise", "coco_karpathy_train", "coco_karpathy_val",
+            "coco_karpathy_test", "vqa_train", "vqa_test", "vg_qa", "answer_list")},
+        "shards": shard_files,
+        "counts": {"web_images": cfg.num_web, "web_noisy_captions": n_noise, "corrupt_web_entries": cfg.num_corrupt,
+                   "coco_images": dict(splits), "karpathy_train_captions": len(karpathy_train),
+                   "vqa_train_questions": len(vqa["train"]), "vqa_test_questions": len(vqa["test"]),
+                   "vg_questions": len(vg), "answers": len(answer_pool), "corpus_lines": len(corpus),
+                   "vocab_size": len(vocab)},
+        "seconds": round(time.time() - t0, 2),
+    }
+    with open(os.path.join(out_dir, "manifest.json"), "w") as f:
+        json.dump(manifest, f, indent=1)
+    return manifest

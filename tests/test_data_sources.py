@@ -149,9 +149,16 @@ def test_webdataset_reads_samples_and_bad_members(tmp_path):
     # a truncated tar ends its shard with a bad_record marker, not an exception
     data = open(good, "rb").read()
     trunc = tmp_path / "trunc.tar"
-    trunc.write_bytes(data[: len(data) // 2 + 100])
+    for cut in range(600, len(data) - 1024, 300):  # any cut: never raises, records or skip markers
+        trunc.write_bytes(data[:cut])
+        out = list(WebDatasetIterDataset(str(trunc)))
+        assert all("captions" in o or SKIP_KEY in o for o in out)
+    with tarfile.open(good) as tar:
+        jpg2 = [m for m in tar.getmembers() if m.name == "00001.jpg"][0]
+    trunc.write_bytes(data[: jpg2.offset_data + 40])  # inside the second sample's image data
     out = list(WebDatasetIterDataset(str(trunc)))
-    assert out[-1].get(SKIP_KEY) == "bad_record" and "captions" in out[0]
+    assert out[0]["captions"] == ["caption 00000"]
+    assert [o.get(SKIP_KEY) for o in out[1:]] == ["bad_record"]
 
 
 def test_webdataset_slicing_is_disjoint_and_complete(tmp_path):

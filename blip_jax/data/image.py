@@ -45,8 +45,12 @@ def open_image(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS, where: str = "
             img = Image.open(io.BytesIO(data))
     except Image.DecompressionBombError:
         raise BadRecord("image_too_large", where) from None
-    except (Image.UnidentifiedImageError, OSError, SyntaxError, ValueError, TypeError) as e:
+    except Image.UnidentifiedImageError as e:
         raise BadRecord("decode_error", f"{where} {e}") from None
+    except (OSError, SyntaxError, ValueError, TypeError, EOFError) as e:
+        # a header cut short ("Truncated File Read") is truncation, not a foreign format
+        reason = "truncated_image" if "truncat" in str(e).lower() else "decode_error"
+        raise BadRecord(reason, f"{where} {e}") from None
     w, h = img.size
     if w <= 0 or h <= 0:
         raise BadRecord("decode_error", f"{where} size {img.size}")

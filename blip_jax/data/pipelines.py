@@ -366,10 +366,26 @@ class SkipCountingIterator(grain.DatasetIterator):
         self._counts = np.zeros(len(SKIP_REASONS), np.int64)
 
     def __next__(self):
-        batch = next(self._parent)
+        try:
+            batch = next(self._parent)
+        except StopIteration:
+            self._collect_trailing()
+            raise
         skipped = batch.pop(SKIPPED_FIELD)
         self._counts += np.asarray(skipped).reshape(-1, len(SKIP_REASONS)).sum(0)
         return batch
+
+    def _collect_trailing(self) -> None:
+        """Skips after the last element of a finite stream ride on no element: fetch them from
+        in-process drop iterators. (Across worker processes, and inside a dropped remainder
+        batch, they stay uncounted; training streams are infinite, eval runs in-process.)"""
+        stack = list(self._parents)
+        while stack:
+            node = stack.pop()
+            if isinstance(node, _DropSkippedIterator):
+                self._counts += node._pending
+                node._pending = np.zeros(len(SKIP_REASONS), np.int32)
+            stack.extend(getattr(node, "_parents", ()))
 
     @property
     def skip_counts(self) -> dict[str, int]:
@@ -443,6 +459,20 @@ class DataPipeline:
         return iter(self.dataset)
 
 
+def _ensure_absl_flags() -> None:
+    """grain's worker processes read absl flags; outside an absl app they are unparsed, which
+    makes mp_prefetch fail. Marking them parsed keeps the defaults (what an absl app would do)."""
+    from absl import flags
+
+    if not flags.FLAGS.is_parsed():
+        flags.FLAGS.mark_as_parsed()
+
+
+def _mp_options(opts: LoaderOptions):
+    _ensure_absl_flags()
+    return grain.MultiprocessingOptions(num_workers=opts.num_workers, per_worker_buffer_size=opts.worker_buffer_size)
+
+
 def _read_options(opts: LoaderOptions):
     return grain.ReadOptions(num_threads=opts.num_threads, prefetch_buffer_size=opts.prefetch_buffer_size)
 
@@ -450,8 +480,7 @@ def _read_options(opts: LoaderOptions):
 def _finish_train(stream, opts: LoaderOptions, load_skips, num_examples) -> DataPipeline:
     ds = _DropSkipped(stream).batch(opts.batch_size, drop_remainder=True)
     if opts.num_workers > 0:
-        ds = ds.mp_prefetch(grain.MultiprocessingOptions(num_workers=opts.num_workers,
-                                                         per_worker_buffer_size=opts.worker_buffer_size))
+        ds = ds.mp_prefetch(_mp_options(opts))
     elif opts.host_prefetch > 0:
         ds = grain.experimental.ThreadPrefetchIterDataset(ds, prefetch_buffer_size=opts.host_prefetch)
     return DataPipeline(_SkipCounting(ds, load_skips), num_examples, opts.batch_size, load_skips)
@@ -574,8 +603,7 @@ def eval_pipeline(dataset: DatasetSpec | dict | Sequence[dict], opts: LoaderOpti
     num_examples = len(ds)
     stream = ds.map(_Guarded(proc)).to_iter_dataset(_read_options(opts))
     if opts.num_workers > 0:
-        stream = stream.mp_prefetch(grain.MultiprocessingOptions(num_workers=opts.num_workers,
-                                                                 per_worker_buffer_size=opts.worker_buffer_size))
+        stream = stream.mp_prefetch(_mp_options(opts))
     batched = _PaddedBatch(_DropSkipped(stream), opts.batch_size, num_batches, _eval_template(proc, image_size))
     return DataPipeline(_SkipCounting(batched, load_skips), num_examples, opts.batch_size, load_skips)
 

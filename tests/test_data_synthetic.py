@@ -1,0 +1,120 @@
+"""The embedded dataset: determinism, noise bookkeeping, formats readable by every loader, CLI."""
+
+import hashlib
+import json
+import os
+
+import pytest
+
+from blip_jax.data import annotations as ann
+from blip_jax.data.cli import main as data_cli
+from blip_jax.data.sources import WebDatasetIterDataset
+from blip_jax.data.synthetic import COLORS, SHAPES, build_vocab, generate_embedded_dataset
+
+SMALL = dict(image_size=32, num_web=40, num_coco_train=10, num_coco_val=5, num_coco_test=5, vg_questions=6,
+             shard_size=16)
+
+
+def _digest(root):
+    h = hashlib.sha256()
+    for dirpath, _, files in sorted(os.walk(root)):
+        for f in sorted(files):
+            if f == "manifest.json":
+                continue
+            h.update(f.encode())
+            h.update(open(os.path.join(dirpath, f), "rb").read())
+    return h.hexdigest()
+
+
+@pytest.fixture(scope="module")
+def gen(tmp_path_factory):
+    a = str(tmp_path_factory.mktemp("a"))
+    manifest = generate_embedded_dataset(a, seed=7, num_corrupt=4, **SMALL)
+    return a, manifest
+
+
+def test_deterministic_by_seed(gen, tmp_path):
+    a, _ = gen
+    b, c = str(tmp_path / "b"), str(tmp_path / "c")
+    generate_embedded_dataset(b, seed=7, num_corrupt=4, **SMALL)
+    generate_embedded_dataset(c, seed=8, num_corrupt=4, **SMALL)
+    assert _digest(a) == _digest(b) != _digest(c)
+
+
+def test_noise_side_file_is_ground_truth(gen):
+    root, manifest = gen
+    noise = json.load(open(f"{root}/annotations/web_noise.json"))
+    web = json.load(open(f"{root}/annotations/pretrain_web.json"))
+    assert len(noise) == 40 and sum(n["is_noise"] for n in noise) == 16 == manifest["counts"]["web_noisy_captions"]
+    for n, w in zip(noise, web):
+        assert n["caption"] == w["caption"] and n["image"] == w["image"]
+        assert (n["caption"] != n["clean_caption"]) or not n["is_noise"] or n["noise_type"] == "other_image"
+    assert {n["noise_type"] for n in noise} <= {"clean", "other_image", "wrong_attribute", "junk"}
+    clean = [n for n in noise if not n["is_noise"]]
+    assert all(n["caption"] == n["clean_caption"] for n in clean)
+    # clean captions name only colours and shapes that are in the scene
+    scenes = json.load(open(f"{root}/scenes.json"))
+    for n in clean:
+        objs = scenes[n["image"]]["objects"]
+        for color in COLORS:
+            if f" {color} " in f" {n['caption']} ":
+                assert color in {o["color"] for o in objs}
+
+
+def test_every_format_loads(gen):
+    root, m = gen
+    img = f"{root}/images"
+    assert len(ann.load_pretrain(f"{root}/annotations/pretrain_web.json", img)) == 44  # + 4 corrupt entries
+    train = ann.load_coco_karpathy(f"{root}/annotations/coco_karpathy_train.json", img, "train")
+    assert len(train) == 50 and len({r["image_id"] for r in train}) == 10
+    val = ann.load_coco_karpathy(f"{root}/annotations/coco_karpathy_val.json", img, "val")
+    assert len(val) == 5 and all(len(r["captions"]) == 5 for r in val) and all(int(r["image_key"]) > 0 for r in val)
+    assert all(os.path.exists(r["image_path"]) for r in train + val)
+    vqa = ann.load_vqa([f"{root}/annotations/vqa_train.json", f"{root}/annotations/vg_qa.json"], img, f"{img}/web")
+    assert len(vqa) == 30 + 6 and all(os.path.exists(r["image_path"]) for r in vqa)
+    answers = set(ann.load_answer_list(f"{root}/annotations/answer_list.json"))
+    assert {a for r in vqa for a in r["answers"]} <= answers and set(COLORS) | set(SHAPES) <= answers
+    web = list(WebDatasetIterDataset(f"{root}/shards/*.tar", shuffle_shards=False))
+    assert len(web) == 40 and len(m["shards"]) == 3
+    listed = json.load(open(f"{root}/annotations/pretrain_web.json"))[:40]
+    assert [r["captions"][0] for r in web] == [e["caption"] for e in listed]
+
+
+def test_vocab_covers_corpus_without_unk(gen):
+    root, _ = gen
+    vocab = open(f"{root}/vocab.txt").read().split("\n")[:-1]
+    assert vocab[:5] == ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"] and len(set(vocab)) == len(vocab)
+    corpus = open(f"{root}/corpus.txt").read().split("\n")[:-1]
+    assert vocab == build_vocab(corpus)
+    words = set(vocab)
+    for tok in " ".join(corpus).replace("?", " ? ").replace(",", " , ").split():
+        assert tok in words or all(ch in words for ch in tok), tok
+    assert "red" in words and "circle" in words and "how" in words
+
+
+def test_cli_generate_and_stats_count_corrupt(tmp_path, capsys):
+    out = str(tmp_path / "d")
+    assert data_cli(["generate", "--out", out, "--num_web", "8", "--num_coco_train", "2", "--num_coco_val", "2",
+                     "--num_coco_test", "1", "--image_size", "24", "--num_corrupt", "4", "--vg_questions", "2"]) == 0
+    capsys.readouterr()
+    assert data_cli(["stats", "--format", "blip_json", f"{out}/annotations/pretrain_web.json",
+                     "--image_root", f"{out}/images"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["records"] == 12 and report["usable"] == 8
+    assert report["skipped"] == {"empty_image": 1, "truncated_image": 1, "decode_error": 1, "missing_image": 1}
+    assert report["image_width"]["max"] == 24
+    assert data_cli(["convert", "--format", "webdataset", f"{out}/shards/web-00000.tar", "--out",
+                     f"{out}/ar", "--name", "web"]) == 0
+    assert json.load(open(f"{out}/ar/web.meta.json"))["num_records"] == 8
+    capsys.readouterr()
+    shard = f"{out}/ar/web-00000-of-00001.array_record"
+    assert data_cli(["inspect", "--format", "array_record", shard, "-n", "1"]) == 0
+    rec = json.loads(capsys.readouterr().out)
+    assert rec["image"].endswith("bytes>") and rec["source"] == "web"  # the original source is kept
+
+
+def test_default_size_generates_quickly(tmp_path):
+    m = generate_embedded_dataset(str(tmp_path), seed=0, num_web=300, num_coco_train=80, num_coco_val=10,
+                                  num_coco_test=10)
+    # a tenth of the default: the default (~4000 images) takes ~10x this (well under a minute)
+    assert m["seconds"] < 6.0

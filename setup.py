@@ -25,6 +25,7 @@ setup(
         "huggingface_hub>=0.25",
         "tqdm>=4.66",
         "tensorboardX>=2.6",
+        "simplejpeg>=1.7",  # libjpeg-turbo scaled JPEG decode for the input pipeline
     ],
     extras_require={
         # torch/transformers are references for parity tests and benchmarks only.

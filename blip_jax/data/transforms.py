@@ -1,12 +1,13 @@
 """Image transforms: RandomResizedCrop + flip + RandAugment + CLIP normalisation, and eval resize.
 
 Speed matters here (the host has to feed the accelerator), so the train path
-- decodes JPEGs with PIL's draft mode: libjpeg scales the DCT by 1/2, 1/4 or 1/8 while
-  decoding, chosen so that the crop window still has at least `image_size` pixels per side
-  (no added upsampling, i.e. no visible quality change);
+- decodes JPEGs with libjpeg-turbo (simplejpeg) at a reduced DCT scale 1/2^k chosen so that the
+  crop window still has at least `image_size` pixels per side (no added upsampling); PIL's
+  draft mode is the fallback;
 - crops and resizes in one C call (`Image.resize(box=...)`), never materialising the crop;
-- runs RandAugment as whole-array numpy LUT/histogram ops and C affine warps;
-- normalises with one fused multiply-subtract into float32.
+- flips in PIL, runs RandAugment as whole-image C ops (PIL histogram/point LUTs, affine warps;
+  integer translations as array slicing);
+- normalises with astype + two in-place float ops against row-tiled constants.
 `benchmarks/input_pipeline.py` measures it against a naive PIL + numpy version.
 
 Semantics follow BLIP (torchvision RandomResizedCrop, bicubic; BLIP's RandomAugment with ops

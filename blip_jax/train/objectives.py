@@ -1,0 +1,136 @@
+"""BLIP's three objectives as pure functions over a global batch.
+
+ITC: contrastive loss against [momentum features of the batch ; queue] with momentum
+distillation targets. ITM: matched pairs plus one hard negative image per text and one hard
+negative text per image, sampled from the similarity softmax over the GLOBAL batch. LM: the
+image-grounded decoder's next-token loss with label smoothing. Everything is written for the
+whole global batch: under jit with sharded inputs XLA inserts the cross-device gathers, so the
+"gather before enqueue" and "sample over the global batch" of the original come for free.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+
+from blip_jax.models.losses import IGNORE_INDEX, shifted_lm_loss, token_cross_entropy
+
+
+def itc_targets(sim_m: jax.Array, positives: jax.Array, alpha: jax.Array | float) -> jax.Array:
+    """alpha * softmax(momentum similarities) + (1 - alpha) * positives / #positives, per row."""
+    pos = positives.astype(jnp.float32)
+    pos = pos / jnp.maximum(pos.sum(axis=1, keepdims=True), 1.0)
+    return alpha * jax.nn.softmax(sim_m, axis=1) + (1.0 - alpha) * pos
+
+
+def itc_loss(
+    image_feat: jax.Array,
+    text_feat: jax.Array,
+    image_feat_m: jax.Array,
+    text_feat_m: jax.Array,
+    queues: dict,
+    temp: jax.Array,
+    alpha: jax.Array | float,
+    image_ids: jax.Array | None = None,
+) -> tuple[jax.Array, jax.Array, jax.Array]:
+    """Image-text contrastive loss with momentum distillation.
+
+    Features (B, E) are L2-normalised; queues["image"|"text"] (Q, E), queues["idx"] (Q,).
+    Without ``image_ids`` the positives are the diagonal (pretraining); with them every key of
+    the same image id, in the batch or the queue, is a positive (retrieval fine-tuning).
+    Returns (loss, sim_i2t (B, B+Q), sim_t2i (B, B+Q)).
+    """
+    b = image_feat.shape[0]
+    image_all = jnp.concatenate([image_feat_m, queues["image"]], axis=0).astype(jnp.float32)
+    text_all = jnp.concatenate([text_feat_m, queues["text"]], axis=0).astype(jnp.float32)
+    if image_ids is None:
+        positives = jnp.eye(b, b + queues["image"].shape[0], dtype=bool)
+    else:
+        ids_all = jnp.concatenate([image_ids.astype(jnp.int32), queues["idx"]])
+        positives = image_ids[:, None] == ids_all[None, :]
+    sim_i2t_m = image_feat_m.astype(jnp.float32) @ text_all.T / temp
+    sim_t2i_m = text_feat_m.astype(jnp.float32) @ image_all.T / temp
+    targets_i2t = jax.lax.stop_gradient(itc_targets(sim_i2t_m, positives, alpha))
+    targets_t2i = jax.lax.stop_gradient(itc_targets(sim_t2i_m, positives, alpha))
+    sim_i2t = image_feat.astype(jnp.float32) @ text_all.T / temp
+    sim_t2i = text_feat.astype(jnp.float32) @ image_all.T / temp
+    loss_i2t = -jnp.sum(jax.nn.log_softmax(sim_i2t, axis=1) * targets_i2t, axis=1).mean()
+    loss_t2i = -jnp.sum(jax.nn.log_softmax(sim_t2i, axis=1) * targets_t2i, axis=1).mean()
+    return (loss_i2t + loss_t2i) / 2.0, sim_i2t, sim_t2i
+
+
+def negative_weights(sim: jax.Array, exclude: jax.Array) -> jax.Array:
+    """softmax(sim) + 1e-4 over candidates, zero where ``exclude`` (the positive, same image id).
+
+    sim (B, B) float, exclude (B, B) bool -> (B, B) non-negative weights. Rows may be all zero
+    (batch of one, or every candidate is a positive): `sample_negatives` handles those.
+    """
+    w = jax.nn.softmax(sim.astype(jnp.float32), axis=1) + 1e-4
+    w = jnp.where(jnp.isfinite(w), w, 1.0)  # a NaN similarity must not poison the sampler
+    return jnp.where(exclude, 0.0, w)
+
+
+def sample_negatives(rng: jax.Array, weights: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """One index per row drawn with probability proportional to ``weights`` (B, B).
+
+    Returns (indices (B,) int32, valid (B,) bool). A row with no positive weight has no valid
+    negative: it gets index 0 and valid=False, and its ITM term is dropped by the caller, instead
+    of torch.multinomial's "invalid multinomial distribution" crash.
+    """
+    valid = weights.sum(axis=1) > 0
+    logits = jnp.where(weights > 0, jnp.log(jnp.where(weights > 0, weights, 1.0)), -jnp.inf)
+    logits = jnp.where(valid[:, None], logits, 0.0)
+    idx = jax.random.categorical(rng, logits, axis=1).astype(jnp.int32)
+    return jnp.where(valid, idx, 0), valid
+
+
+def itm_loss(logits: jax.Array, labels: jax.Array, weights: jax.Array) -> jax.Array:
+    """Weighted mean cross-entropy of (N, 2) ITM logits against labels (N,) (1 = match)."""
+    loss, _ = token_cross_entropy(logits, labels)
+    return jnp.sum(loss * weights) / jnp.maximum(jnp.sum(weights), 1.0)
+
+
+def hard_negative_batch(
+    rng: jax.Array,
+    sim_i2t: jax.Array,
+    sim_t2i: jax.Array,
+    image_ids: jax.Array | None = None,
+) -> dict[str, jax.Array]:
+    """Pick the ITM negatives from the in-batch block of the similarity matrices (B, B+Q).
+
+    Returns indices of a negative image per text ("image_for_text"), a negative text per image
+    ("text_for_image") and their validity masks.
+    """
+    b = sim_i2t.shape[0]
+    exclude = jnp.eye(b, dtype=bool)
+    if image_ids is not None:
+        exclude = exclude | (image_ids[:, None] == image_ids[None, :])
+    k1, k2 = jax.random.split(rng)
+    image_for_text, valid_t = sample_negatives(k1, negative_weights(sim_t2i[:, :b], exclude))
+    text_for_image, valid_i = sample_negatives(k2, negative_weights(sim_i2t[:, :b], exclude))
+    return {"image_for_text": image_for_text, "text_for_image": text_for_image,
+            "valid_image_for_text": valid_t, "valid_text_for_image": valid_i}
+
+
+def lm_targets(input_ids: jax.Array, attention_mask: jax.Array, bos_token_id: int,
+               prompt_length: jax.Array | int = 0) -> tuple[jax.Array, jax.Array]:
+    """Decoder inputs ([DEC] replaces token 0) and labels (pads and the first ``prompt_length``
+    tokens, e.g. "a picture of ", set to -100)."""
+    dec = input_ids.at[:, 0].set(bos_token_id)
+    labels = jnp.where(attention_mask.astype(bool), dec, IGNORE_INDEX)
+    if not isinstance(prompt_length, int) or prompt_length > 0:
+        positions = jnp.arange(dec.shape[1])[None, :]
+        labels = jnp.where(positions < jnp.reshape(prompt_length, (-1, 1)), IGNORE_INDEX, labels)
+    return dec, labels
+
+
+def lm_loss(logits: jax.Array, labels: jax.Array, label_smoothing: float) -> jax.Array:
+    """Mean next-token loss over non-ignored labels (original: CrossEntropyLoss(label_smoothing=0.1))."""
+    return shifted_lm_loss(logits, labels, label_smoothing, "mean")
+
+
+def alpha_schedule(step: jax.Array, alpha: float, ramp_steps: int) -> jax.Array:
+    """Distillation weight ramped linearly from 0 to ``alpha`` over ``ramp_steps`` (BLIP: 2 epochs)."""
+    if ramp_steps <= 0:
+        return jnp.asarray(alpha, jnp.float32)
+    return alpha * jnp.minimum(1.0, step.astype(jnp.float32) / ramp_steps)

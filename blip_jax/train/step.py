@@ -1,0 +1,142 @@
+"""The train step: a pure function (state, batch) -> (state, metrics) over `nnx.split` state.
+
+`make_train_step` closes over the static parts (graph definitions, optimiser, objective
+settings) and returns a function that `blip_jax.train.loop` jit-compiles with explicit
+in/out shardings and a donated state. Batch (global, leading dim sharded over data axes):
+    image (B, H, W, 3) float, input_ids (B, L) int32, attention_mask (B, L) int32,
+    image_id (B,) int32 (retrieval fine-tuning: ITC positives / ITM exclusions by image id).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import jax
+import jax.numpy as jnp
+import optax
+from flax import nnx
+
+from blip_jax.models.blip import l2_normalize
+from blip_jax.models.pretrain import enqueue
+from blip_jax.train import objectives as obj
+from blip_jax.train.state import TrainState, ema_update, momentum_view
+
+
+@dataclasses.dataclass(frozen=True)
+class ObjectiveConfig:
+    """Static settings of the BLIP objectives (from the config's ``objective`` block)."""
+
+    itc_weight: float = 1.0
+    itm_weight: float = 1.0
+    lm_weight: float = 1.0
+    momentum: float = 0.995
+    alpha: float = 0.4
+    alpha_ramp_steps: int = 0
+    label_smoothing: float = 0.1
+    temp_min: float = 0.001
+    temp_max: float = 0.5
+    use_image_ids: bool = False  # retrieval fine-tuning: same-image pairs are positives
+    enc_token_id: int | None = 30523  # None keeps [CLS] for ITM (HF flavour)
+    bos_token_id: int = 30522
+
+    @classmethod
+    def from_config(cls, cfg, text_config) -> ObjectiveConfig:
+        names = {f.name for f in dataclasses.fields(cls)}
+        kw = {k: v for k, v in dict(cfg).items() if k in names}
+        kw.setdefault("bos_token_id", text_config.bos_token_id)
+        if "enc_token_id" not in kw:
+            kw["enc_token_id"] = text_config.enc_token_id if text_config.use_enc_token_for_itm else None
+        return cls(**kw)
+
+
+def _momentum_features(momentum_graphdef, ema, batch):
+    model_m = nnx.merge(momentum_graphdef, ema)
+    states = model_m.vision_model(batch["image"]).last_hidden_state
+    image_feat = l2_normalize(model_m.vision_proj(states[:, 0]))
+    text = model_m.text_encoder(batch["input_ids"], batch["attention_mask"]).last_hidden_state
+    text_feat = l2_normalize(model_m.text_proj(text[:, 0]))
+    return jax.lax.stop_gradient(image_feat), jax.lax.stop_gradient(text_feat)
+
+
+def blip_losses(model, batch, image_feat_m, text_feat_m, queues, rng, alpha, ocfg: ObjectiveConfig):
+    """ITC + ITM + LM on one global batch. Returns (total loss, metrics dict)."""
+    ids, mask = batch["input_ids"], batch["attention_mask"]
+    image_ids = batch.get("image_id") if ocfg.use_image_ids else None
+    image_states, image_feat = model.encode_image(batch["image"], deterministic=False)
+    text_feat = model.encode_text(ids, mask, deterministic=False)
+    temp = model.temp[...]
+    metrics = {}
+    total = jnp.zeros((), jnp.float32)
+
+    loss_ita, sim_i2t, sim_t2i = obj.itc_loss(
+        image_feat, text_feat, image_feat_m, text_feat_m, queues, temp, alpha, image_ids
+    )
+    metrics["loss_ita"] = loss_ita
+    total += ocfg.itc_weight * loss_ita
+
+    if ocfg.itm_weight:
+        negs = obj.hard_negative_batch(rng, jax.lax.stop_gradient(sim_i2t), jax.lax.stop_gradient(sim_t2i),
+                                       image_ids)
+        enc_ids = ids if ocfg.enc_token_id is None else ids.at[:, 0].set(ocfg.enc_token_id)
+        b = ids.shape[0]
+        # (text_i, image_i) positives, (text_i, hard image) and (hard text, image_i) negatives, in one pass.
+        itm_ids = jnp.concatenate([enc_ids, enc_ids, enc_ids[negs["text_for_image"]]])
+        itm_mask = jnp.concatenate([mask, mask, mask[negs["text_for_image"]]])
+        itm_images = jnp.concatenate([image_states, image_states[negs["image_for_text"]], image_states])
+        logits = model.itm_logits(itm_ids, itm_mask, itm_images, deterministic=False)
+        labels = jnp.concatenate([jnp.ones(b, jnp.int32), jnp.zeros(2 * b, jnp.int32)])
+        weights = jnp.concatenate([jnp.ones(b), negs["valid_image_for_text"], negs["valid_text_for_image"]])
+        loss_itm = obj.itm_loss(logits, labels, weights.astype(jnp.float32))
+        metrics["loss_itm"] = loss_itm
+        metrics["itm_acc"] = jnp.sum((logits.argmax(-1) == labels) * weights) / jnp.sum(weights)
+        total += ocfg.itm_weight * loss_itm
+
+    if ocfg.lm_weight:
+        dec_ids, labels = obj.lm_targets(ids, mask, ocfg.bos_token_id, batch.get("prompt_length", 0))
+        logits = model.lm_logits(dec_ids, mask, image_states, deterministic=False)
+        loss_lm = obj.lm_loss(logits, labels, ocfg.label_smoothing)
+        metrics["loss_lm"] = loss_lm
+        total += ocfg.lm_weight * loss_lm
+
+    metrics["loss"] = total
+    return total, (metrics, image_feat_m, text_feat_m)
+
+
+def make_train_step(graphdef, momentum_graphdef, tx: optax.GradientTransformation, schedule, ocfg: ObjectiveConfig):
+    """The pretraining / retrieval step. Static arguments are closed over; jit it with
+    ``donate_argnums=0``."""
+
+    def train_step(state: TrainState, batch: dict) -> tuple[TrainState, dict]:
+        rng, itm_rng = jax.random.split(state.rng)
+        # Clamp the temperature before the step, as the original does in place.
+        model = nnx.merge(graphdef, state.params, state.rest)
+        model.temp[...] = jnp.clip(model.temp[...], ocfg.temp_min, ocfg.temp_max)
+        params = nnx.state(model, nnx.Param)
+        ema = ema_update(state.ema, nnx.state(momentum_view(model), nnx.Param), ocfg.momentum)
+        image_feat_m, text_feat_m = _momentum_features(momentum_graphdef, ema, batch)
+        alpha = obj.alpha_schedule(state.step, ocfg.alpha, ocfg.alpha_ramp_steps)
+
+        def loss_fn(p):
+            m = nnx.merge(graphdef, p, state.rest)
+            loss, aux = blip_losses(m, batch, image_feat_m, text_feat_m, state.queues, itm_rng, alpha, ocfg)
+            return loss, (aux, nnx.state(m, nnx.Not(nnx.Param)))
+
+        grads, ((metrics, feat_i, feat_t), rest) = jax.grad(loss_fn, has_aux=True)(params)
+        updates, opt_state = tx.update(grads, state.opt_state, params)
+        params = optax.apply_updates(params, updates)
+        ids = batch.get("image_id") if ocfg.use_image_ids else None
+        queues = enqueue(state.queues, feat_i, feat_t, ids)
+        metrics = {
+            **metrics,
+            "grad_norm": optax.global_norm(grads),
+            "lr": schedule(state.step),
+            "temp": model.temp[...],
+            "alpha": alpha,
+        }
+        new_state = TrainState(
+            step=state.step + 1, params=params, rest=rest, ema=ema, queues=queues, opt_state=opt_state, rng=rng
+        )
+        return new_state, metrics
+
+    return train_step
+

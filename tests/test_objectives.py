@@ -1,0 +1,183 @@
+"""BLIP objectives against plain numpy references, the encoder/decoder sharing structure, and the
+sharded train step against the single-device step."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import nnx
+
+from blip_jax.models.pretrain import BlipPretrain, enqueue, init_queues
+from blip_jax.train import objectives as obj
+from tests.sharded_step_check import tiny_config
+
+
+def np_log_softmax(x, axis=-1):
+    x = x - x.max(axis=axis, keepdims=True)
+    return x - np.log(np.exp(x).sum(axis=axis, keepdims=True))
+
+
+def np_softmax(x, axis=-1):
+    return np.exp(np_log_softmax(x, axis))
+
+
+def unit(x):
+    return x / np.linalg.norm(x, axis=-1, keepdims=True)
+
+
+@pytest.fixture
+def feats():
+    rng = np.random.default_rng(0)
+    f = [unit(rng.normal(size=(4, 8))).astype(np.float32) for _ in range(4)]
+    queues = {"image": unit(rng.normal(size=(6, 8))).astype(np.float32),
+              "text": unit(rng.normal(size=(6, 8))).astype(np.float32),
+              "idx": np.array([7, -1, 2, -1, 5, 9], np.int32), "ptr": np.int32(0)}
+    return f, queues
+
+
+def np_itc(img, txt, img_m, txt_m, queues, temp, alpha, ids=None):
+    img_all = np.concatenate([img_m, queues["image"]])
+    txt_all = np.concatenate([txt_m, queues["text"]])
+    if ids is None:
+        pos = np.eye(4, 10)
+    else:
+        pos = (ids[:, None] == np.concatenate([ids, queues["idx"]])[None]).astype(np.float64)
+    pos = pos / pos.sum(1, keepdims=True)
+    t_i2t = alpha * np_softmax(img_m @ txt_all.T / temp) + (1 - alpha) * pos
+    t_t2i = alpha * np_softmax(txt_m @ img_all.T / temp) + (1 - alpha) * pos
+    l_i2t = -(np_log_softmax(img @ txt_all.T / temp) * t_i2t).sum(1).mean()
+    l_t2i = -(np_log_softmax(txt @ img_all.T / temp) * t_t2i).sum(1).mean()
+    return (l_i2t + l_t2i) / 2
+
+
+@pytest.mark.parametrize("alpha", [0.0, 0.4])
+def test_itc_matches_numpy(feats, alpha):
+    (img, txt, img_m, txt_m), queues = feats
+    loss, sim_i2t, _ = obj.itc_loss(img, txt, img_m, txt_m, queues, 0.07, alpha)
+    assert sim_i2t.shape == (4, 10)
+    np.testing.assert_allclose(float(loss), np_itc(img, txt, img_m, txt_m, queues, 0.07, alpha), rtol=1e-5)
+
+
+def test_itc_with_image_ids_matches_numpy(feats):
+    (img, txt, img_m, txt_m), queues = feats
+    ids = np.array([7, 3, 7, 9], np.int32)  # two captions of image 7; image 7 and 9 also in the queue
+    loss, _, _ = obj.itc_loss(img, txt, img_m, txt_m, queues, 0.05, 0.4, jnp.asarray(ids))
+    np.testing.assert_allclose(float(loss), np_itc(img, txt, img_m, txt_m, queues, 0.05, 0.4, ids), rtol=1e-5)
+
+
+def test_itm_loss_matches_numpy_with_injected_negatives():
+    rng = np.random.default_rng(1)
+    logits = rng.normal(size=(9, 2)).astype(np.float32)
+    labels = np.array([1, 1, 1, 0, 0, 0, 0, 0, 0], np.int32)
+    weights = np.array([1, 1, 1, 1, 0, 1, 1, 1, 0], np.float32)  # two negatives had no valid candidate
+    nll = -np_log_softmax(logits)[np.arange(9), labels]
+    want = (nll * weights).sum() / weights.sum()
+    np.testing.assert_allclose(float(obj.itm_loss(logits, labels, weights)), want, rtol=1e-6)
+
+
+def test_lm_loss_matches_numpy_label_smoothing():
+    rng = np.random.default_rng(2)
+    logits = rng.normal(size=(2, 5, 11)).astype(np.float32)
+    ids = np.array([[101, 4, 5, 102, 0], [101, 6, 102, 0, 0]], np.int32)
+    mask = (ids > 0).astype(np.int32)
+    dec, labels = obj.lm_targets(jnp.asarray(ids), jnp.asarray(mask), bos_token_id=7)
+    assert dec[:, 0].tolist() == [7, 7]
+    labels = np.asarray(labels)
+    assert labels.tolist() == [[7, 4, 5, 102, -100], [7, 6, 102, -100, -100]]
+    labels = np.where(labels > 10, 3, labels)  # keep ids inside the toy vocabulary
+    lp = np_log_softmax(logits[:, :-1])
+    tgt = labels[:, 1:]
+    valid = tgt != -100
+    nll = -np.take_along_axis(lp, np.where(valid, tgt, 0)[..., None], -1)[..., 0]
+    smooth = -lp.mean(-1)
+    want = ((0.9 * nll + 0.1 * smooth) * valid).sum() / valid.sum()
+    np.testing.assert_allclose(float(obj.lm_loss(logits, jnp.asarray(labels), 0.1)), want, rtol=1e-5)
+
+
+def test_lm_targets_mask_prompt_tokens():
+    ids = jnp.array([[101, 1037, 3861, 1997, 5, 6, 102, 0]])
+    mask = (ids > 0).astype(jnp.int32)
+    _, labels = obj.lm_targets(ids, mask, 30522, prompt_length=4)
+    assert np.asarray(labels).tolist() == [[-100, -100, -100, -100, 5, 6, 102, -100]]
+
+
+def test_negative_sampling_follows_weights_and_excludes_positives():
+    sim = jnp.array([[5.0, 4.0, -9.0], [0.0, 5.0, 0.0], [3.0, 0.0, 5.0]])
+    w = obj.negative_weights(sim, jnp.eye(3, dtype=bool))
+    keys = jax.random.split(jax.random.key(0), 2000)
+    idx = np.stack([np.asarray(obj.sample_negatives(k, w)[0]) for k in keys[:400]])
+    assert not np.any(idx == np.arange(3))  # never the positive
+    p0 = np.asarray(w[0] / w[0].sum())
+    np.testing.assert_allclose(np.mean(idx[:, 0] == 1), p0[1], atol=0.03)
+
+
+def test_negative_sampling_is_nan_safe():
+    # batch of one: no candidate at all; all-equal similarities; NaN similarities.
+    one = obj.negative_weights(jnp.zeros((1, 1)), jnp.eye(1, dtype=bool))
+    idx, valid = obj.sample_negatives(jax.random.key(0), one)
+    assert idx.tolist() == [0] and valid.tolist() == [False]
+    idx, valid = obj.sample_negatives(jax.random.key(1), obj.negative_weights(jnp.ones((4, 4)), jnp.eye(4, dtype=bool)))
+    assert valid.all() and not np.any(np.asarray(idx) == np.arange(4))
+    sim = jnp.full((3, 3), jnp.nan)
+    idx, valid = obj.sample_negatives(jax.random.key(2), obj.negative_weights(sim, jnp.eye(3, dtype=bool)))
+    assert valid.all() and not np.any(np.asarray(idx) == np.arange(3))
+    # same-image exclusion: images 0 and 1 are the same picture, so 0's only negative is 2.
+    negs = obj.hard_negative_batch(jax.random.key(3), jnp.zeros((3, 5)), jnp.zeros((3, 5)), jnp.array([4, 4, 8]))
+    assert negs["image_for_text"][0] == 2 and negs["text_for_image"][1] == 2
+
+
+def test_queue_wraps_for_any_batch_size():
+    q = init_queues(jax.random.key(0), 5, 3)
+    np.testing.assert_allclose(np.linalg.norm(np.asarray(q["image"]), axis=1), 1.0, rtol=1e-5)
+    feats = jnp.arange(12.0).reshape(4, 3)
+    q = enqueue(q, feats, feats, jnp.array([1, 2, 3, 4]))
+    q = enqueue(q, feats + 100, feats + 100, jnp.array([5, 6, 7, 8]))  # 8 writes into 5 slots
+    assert int(q["ptr"]) == 3
+    assert np.asarray(q["idx"]).tolist() == [6, 7, 8, 4, 5]
+    np.testing.assert_allclose(np.asarray(q["image"][3]), [9, 10, 11])
+
+
+def test_decoder_shares_all_but_self_attention_with_encoder():
+    model = BlipPretrain(tiny_config(), rngs=nnx.Rngs(0))
+    enc, dec = model.text_encoder, model.text_decoder.bert
+    assert dec.embeddings is enc.embeddings
+    for e, d in zip(enc.layers, dec.layers):
+        assert d.crossattention is e.crossattention and d.mlp is e.mlp
+        assert d.mlp_norm is e.mlp_norm and d.crossattention_norm is e.crossattention_norm
+        assert d.attention is not e.attention and d.attention_norm is not e.attention_norm
+    # One array per shared parameter in the split state, and gradients of both roles land in it.
+    params = nnx.state(model, nnx.Param)
+    flat = dict(nnx.to_flat_state(params))
+    fc1 = [p for p in flat if p[-3:] == ("mlp", "fc1", "kernel") and 0 in p and "vision_model" not in p]
+    assert len(fc1) == 1
+    self_q = [p for p in flat if p[-3:] == ("attention", "query", "kernel") and 0 in p and "vision_model" not in p]
+    assert len(self_q) == 2
+    graphdef, params = nnx.split(model, nnx.Param)
+    ids = jnp.array([[1, 5, 6, 7]])
+    img = jnp.ones((1, 17, 32))
+
+    def dec_loss(p):
+        return nnx.merge(graphdef, p).lm_logits(ids, jnp.ones_like(ids), img).sum()
+
+    g = dict(nnx.to_flat_state(jax.grad(dec_loss)(params)))
+    assert float(jnp.abs(g[fc1[0]][...]).sum()) > 0  # the decoder's loss reaches the shared FFN
+
+
+def test_sharded_step_equals_single_device():
+    """Meshes (8,1,1), (2,4,1), (2,2,2) of 8 simulated CPU devices vs one device, same global batch."""
+    env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=8", "JAX_PLATFORMS": "cpu"}
+    out = subprocess.run([sys.executable, "-m", "tests.sharded_step_check"], env=env, capture_output=True,
+                         text=True, timeout=600, cwd=os.path.dirname(os.path.dirname(__file__)))
+    assert out.returncode == 0, out.stderr[-3000:]
+    report = json.loads(out.stdout.strip().splitlines()[-1])
+    for shape in ("8x1x1", "2x4x1", "2x2x2"):
+        assert report[shape]["max_loss_diff"] <= 1e-5, (shape, report[shape])
+        assert report[shape]["max_param_diff"] <= 2e-4, (shape, report[shape])
+    assert "P('fsdp', 'tensor')" in report["2x2x2"]["specs"]  # really sharded, not replicated

@@ -1,0 +1,188 @@
+"""Cluster detection, preemption flag, and a real 2-process jax.distributed run on localhost (CPU, gloo)."""
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import textwrap
+
+import pytest
+
+from blip_jax.train import distributed
+from blip_jax.train.preemption import PreemptionHandler
+
+_CLUSTER_VARS = (
+    "BLIP_JAX_DISTRIBUTED",
+    "JAX_COORDINATOR_ADDRESS",
+    "JAX_NUM_PROCESSES",
+    "JAX_PROCESS_ID",
+    "SLURM_JOB_ID",
+    "SLURM_STEP_NODELIST",
+    "SLURM_NTASKS",
+    "SLURM_PROCID",
+    "SLURM_LOCALID",
+    "SLURM_NODEID",
+    "SLURM_STEP_TASKS_PER_NODE",
+    "SLURM_TASKS_PER_NODE",
+    "SLURM_NTASKS_PER_NODE",
+    "TPU_WORKER_HOSTNAMES",
+    "TPU_PROCESS_ADDRESSES",
+    "MEGASCALE_COORDINATOR_ADDRESS",
+)
+
+
+@pytest.fixture
+def clean_env(monkeypatch):
+    for var in _CLUSTER_VARS:
+        monkeypatch.delenv(var, raising=False)
+    return monkeypatch
+
+
+def test_detect_cluster(clean_env):
+    assert distributed.detect_cluster() is None
+    assert distributed.maybe_initialize_distributed() is False  # nothing detected: no-op
+    clean_env.setenv("JAX_COORDINATOR_ADDRESS", "localhost:1234")
+    clean_env.setenv("JAX_NUM_PROCESSES", "1")
+    clean_env.setenv("JAX_PROCESS_ID", "0")
+    assert distributed.detect_cluster() is None  # a single process needs no runtime
+    clean_env.setenv("JAX_NUM_PROCESSES", "4")
+    assert distributed.detect_cluster() == "env"
+    clean_env.setenv("BLIP_JAX_DISTRIBUTED", "0")
+    assert distributed.detect_cluster() is None
+    for var in _CLUSTER_VARS:
+        clean_env.delenv(var, raising=False)
+    slurm = {"SLURM_JOB_ID": "7", "SLURM_STEP_NODELIST": "n[1-2]", "SLURM_NTASKS": "1", "SLURM_PROCID": "0"}
+    for k, v in {**slurm, "SLURM_LOCALID": "0"}.items():
+        clean_env.setenv(k, v)
+    assert distributed.detect_cluster() is None  # sbatch shell / single task
+    clean_env.setenv("SLURM_NTASKS", "16")
+    assert distributed.detect_cluster() == "slurm"
+    for var in _CLUSTER_VARS:
+        clean_env.delenv(var, raising=False)
+    clean_env.setenv("TPU_WORKER_HOSTNAMES", "t1k-0")
+    assert distributed.detect_cluster() is None  # one TPU VM worker
+    clean_env.setenv("TPU_WORKER_HOSTNAMES", "t1k-0,t1k-1,t1k-2,t1k-3")
+    assert distributed.detect_cluster() == "tpu"
+    clean_env.delenv("TPU_WORKER_HOSTNAMES")
+    clean_env.setenv("BLIP_JAX_DISTRIBUTED", "1")
+    assert distributed.detect_cluster() == "tpu"
+
+
+@pytest.mark.parametrize(
+    "spec, node, expected",
+    [("8(x2)", "1", 8), ("2(x3),1", "3", 1), ("2(x3),1", "0", 2), ("4", "0", 4), ("bogus", "0", None)],
+)
+def test_slurm_tasks_per_node(clean_env, spec, node, expected):
+    clean_env.setenv("SLURM_STEP_TASKS_PER_NODE", spec)
+    clean_env.setenv("SLURM_NODEID", node)
+    assert distributed._slurm_tasks_on_this_node() == expected
+
+
+def test_local_gpu_ids_from_cuda_visible_devices(monkeypatch):
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "4,5,6,7")
+    assert distributed._local_gpu_ids() == [0, 1, 2, 3]  # CUDA renumbers visible devices from 0
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "")
+    assert distributed._local_gpu_ids() is None
+
+
+def test_sigterm_sets_flag_and_handlers_are_restored():
+    before = signal.getsignal(signal.SIGTERM)
+    with PreemptionHandler() as handler:
+        assert not handler.should_stop(0) and handler.reason is None
+        signal.raise_signal(signal.SIGTERM)
+        assert handler.stop_requested
+        assert handler.should_stop(1) and handler.reason == "received SIGTERM"
+        assert handler.should_stop(2)  # stays set
+    assert signal.getsignal(signal.SIGTERM) is before
+
+
+def test_second_sigint_interrupts_at_once():
+    with PreemptionHandler() as handler:
+        signal.raise_signal(signal.SIGINT)
+        assert handler.should_stop() and handler.reason == "received SIGINT"
+        with pytest.raises(KeyboardInterrupt):
+            signal.raise_signal(signal.SIGINT)
+
+
+_WORKER = textwrap.dedent(
+    """
+    import json, signal, sys
+    import jax, jax.numpy as jnp, numpy as np
+    from jax.experimental import multihost_utils
+    from blip_jax.train.distributed import maybe_initialize_distributed
+    from blip_jax.train.preemption import PreemptionHandler
+
+    multi = maybe_initialize_distributed(initialization_timeout=60)
+    again = maybe_initialize_distributed()  # idempotent
+    pid = jax.process_index()
+    gathered = multihost_utils.process_allgather(np.array([10 * pid + 1], np.int32), tiled=True)
+    # A jitted reduction over an array whose shards live in different processes.
+    mesh = jax.make_mesh((jax.device_count(),), ("data",))
+    x = jax.make_array_from_process_local_data(
+        jax.NamedSharding(mesh, jax.P("data")), np.array([pid + 1.0, 10.0 * (pid + 1)], np.float32)
+    )
+    total = jax.jit(jnp.sum, out_shardings=jax.NamedSharding(mesh, jax.P()))(x)
+    handler = PreemptionHandler().install()
+    before = handler.should_stop(0)
+    if pid == 1:
+        signal.raise_signal(signal.SIGTERM)  # only process 1 is preempted ...
+    after = handler.should_stop(1)  # ... and both agree to stop
+    print("RESULT " + json.dumps({
+        "multi": multi, "again": again, "pid": pid, "count": jax.process_count(),
+        "devices": jax.device_count(), "gathered": gathered.tolist(), "total": float(total),
+        "before": before, "after": after, "reason": handler.reason,
+    }), flush=True)
+    """
+)
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_two_processes_on_localhost_agree(tmp_path):
+    port = _free_port()
+    procs = []
+    for pid in range(2):
+        env = {k: v for k, v in os.environ.items() if k not in _CLUSTER_VARS and k != "XLA_FLAGS"}
+        env.update(
+            JAX_PLATFORMS="cpu",
+            JAX_COORDINATOR_ADDRESS=f"127.0.0.1:{port}",
+            JAX_NUM_PROCESSES="2",
+            JAX_PROCESS_ID=str(pid),
+        )
+        procs.append(
+            subprocess.Popen(
+                [sys.executable, "-c", _WORKER], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+            )
+        )
+    outputs = []
+    try:
+        for p in procs:
+            out, err = p.communicate(timeout=60)
+            outputs.append((p.returncode, out, err))
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+    errors = " ".join(err for _, _, err in outputs).lower()
+    if any(rc != 0 for rc, _, _ in outputs) and "gloo" in errors and "not" in errors:
+        pytest.skip(f"gloo CPU collectives unavailable in this jaxlib: {errors[-500:]}")
+    results = []
+    for rc, out, err in outputs:
+        assert rc == 0, out[-2000:] + err[-4000:]
+        line = next(x for x in out.splitlines() if x.startswith("RESULT "))
+        results.append(json.loads(line[len("RESULT ") :]))
+    assert sorted(r["pid"] for r in results) == [0, 1]
+    for r in results:
+        assert r["multi"] and r["again"] and r["count"] == 2 and r["devices"] == 2
+        assert r["gathered"] == [1, 11]
+        assert r["total"] == 1.0 + 10.0 + 2.0 + 20.0
+        assert r["before"] is False and r["after"] is True
+    reasons = {r["pid"]: r["reason"] for r in results}
+    assert reasons[1] == "received SIGTERM"
+    assert reasons[0] == "another host stopped (processes [1])"

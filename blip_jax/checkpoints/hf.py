@@ -170,11 +170,18 @@ def rules_for(model) -> list[Rule]:
                           model.pooler is not None)
     if name == "BlipTextLMHeadModel":
         return _lm_model_rules("", (), cfg)
+    if name == "BlipModel":
+        return blip_rules(name, cfg, text_cross=model.text_model.layers[0].crossattention is not None)
+    return blip_rules(name, cfg)
+
+
+def blip_rules(name: str, cfg, text_cross: bool = True) -> list[Rule]:
+    """Rules of the BlipConfig-based classes, by transformers class name. Their submodule names
+    are shared with BlipPretrain, so the same rules load retrieval or captioning weights into it."""
     tc, vc = cfg.text_config, cfg.vision_config
     rules = vision_rules("vision_model.", ("vision_model",), vc.num_hidden_layers)
     if name == "BlipModel":
-        rules += text_rules("text_model.", ("text_model",), tc.num_hidden_layers,
-                            model.text_model.layers[0].crossattention is not None, True)
+        rules += text_rules("text_model.", ("text_model",), tc.num_hidden_layers, text_cross, True)
         rules += linear("visual_projection", ("visual_projection",), bias=False)
         rules += linear("text_projection", ("text_projection",), bias=False)
         rules += param("logit_scale", ("logit_scale",))

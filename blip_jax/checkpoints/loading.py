@@ -53,12 +53,24 @@ def _choose_prefix(rules: list[hf.Rule], state: dict) -> str:
     return best
 
 
-def apply_state_dict(model, state: dict[str, np.ndarray], source: str = "state dict") -> LoadingInfo:
-    """Copy an HF-named state dict into ``model`` in place; shape mismatches raise."""
-    rules = hf.rules_for(model)
+def variable_at(model, path: tuple):
+    """The nnx.Variable at ``path`` found by walking attributes / list indices (so a parameter shared
+    by two modules is reachable under either owner's path)."""
+    node = model
+    for part in path:
+        node = node[part] if isinstance(part, int) else getattr(node, part)
+    return node
+
+
+def apply_state_dict(model, state: dict[str, np.ndarray], source: str = "state dict",
+                     rules: list[hf.Rule] | None = None) -> LoadingInfo:
+    """Copy an HF-named state dict into ``model`` in place; shape mismatches raise.
+
+    ``rules`` default to those of the model's class; pass others to load e.g. retrieval-named
+    weights into a BlipPretrain, whose submodules carry the same names."""
+    rules = hf.rules_for(model) if rules is None else rules
     prefix = _choose_prefix(rules, state)
-    params = dict(nnx.to_flat_state(nnx.state(model, nnx.Param)))
-    used, missing, updates = set(), [], {}
+    used, missing = set(), []
     for rule in rules:
         keys = [prefix + k for k in rule.hf_keys]
         if not all(k in state for k in keys):
@@ -66,7 +78,7 @@ def apply_state_dict(model, state: dict[str, np.ndarray], source: str = "state d
             continue
         used.update(keys)
         raw = [np.asarray(state[k]) for k in keys]
-        targets = [params[path] for path in rule.paths]
+        targets = [variable_at(model, path) for path in rule.paths]
         expected = [v.shape for v in rule.to_hf([np.zeros(t.shape, np.float32) for t in targets])]
         for key, value, want in zip(keys, raw, expected, strict=True):
             if tuple(value.shape) != tuple(want):
@@ -74,12 +86,11 @@ def apply_state_dict(model, state: dict[str, np.ndarray], source: str = "state d
                     f"{source}: parameter {key} has shape {tuple(value.shape)} in the checkpoint but the "
                     f"model ({'.'.join(map(str, rule.paths[0]))}) expects {tuple(want)}"
                 )
-        for path, var, value in zip(rule.paths, targets, rule.to_ours(raw), strict=True):
-            updates[path] = jnp.asarray(value, dtype=var.dtype)
+        for var, value in zip(targets, rule.to_ours(raw), strict=True):
+            var.value = jnp.asarray(value, dtype=var.dtype)
     tied = {prefix + k: prefix + v for k, v in hf.tied_decoder_keys(rules).items()}
     ignored = [k for k in state if k not in used and (hf.is_ignorable(k) or k in tied)]
     unexpected = [k for k in state if k not in used and k not in set(ignored) and k.startswith(prefix)]
-    nnx.update(model, nnx.State.from_flat_path(updates))
     return LoadingInfo(source, missing, unexpected, ignored)
 
 

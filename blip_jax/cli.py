@@ -7,6 +7,7 @@ import sys
 
 # command -> (module, function taking argv list and returning an exit code, one-line help)
 COMMANDS = {
+    "train": ("blip_jax.train.cli", "main", "pretrain or fine-tune from a config file (resumes in --workdir)"),
     "data": ("blip_jax.data.cli", "main", "prepare / convert / inspect datasets (embedded, ArrayRecord)"),
     "caption": ("blip_jax.caption_cli", "main", "caption images with a BLIP checkpoint"),
     "convert": ("blip_jax.checkpoints.cli", "main", "convert HF / Salesforce checkpoints"),

@@ -1,0 +1,342 @@
+"""`blip-jax train`: the one training loop for pretraining and fine-tuning.
+
+    config -> mesh -> tokenizer + grain pipeline -> model (scratch / HF ViT+BERT / BLIP ckpt)
+    -> sharded TrainState (restored from the workdir when a checkpoint exists)
+    -> AOT-compiled train step (donated state, explicit shardings)
+    -> steps, with metrics (console, TensorBoard, metrics.jsonl), async checkpoints,
+       SIGTERM handling and a NaN guard -> export of HF-format models.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import math
+import os
+import time
+
+import jax
+import ml_collections
+
+from blip_jax.configuration import BlipConfig, BlipTextConfig, BlipVisionConfig
+from blip_jax.train import flops as flops_lib
+from blip_jax.train import mesh as mesh_lib
+
+log = logging.getLogger("blip_jax.train")
+
+
+class TrainingDiverged(RuntimeError):
+    """The loss became NaN or inf; the last good checkpoint is kept."""
+
+
+# ------------------------------------------------------------------------------------------------
+# Building blocks
+
+
+def model_config(cfg: ml_collections.ConfigDict, vocab_size: int | None = None, special_ids: dict | None = None):
+    """BlipConfig from cfg.model (+ the tokenizer's vocabulary size and special ids)."""
+    m = cfg.model
+    text = dict(m.text)
+    if vocab_size is not None:
+        text["vocab_size"] = vocab_size
+    text.update(special_ids or {})
+    common = dict(dtype=m.dtype, param_dtype=m.param_dtype, remat=m.remat)
+    return BlipConfig.from_text_vision_configs(
+        BlipTextConfig(**text, **common), BlipVisionConfig(**dict(m.vision), **common),
+        image_text_hidden_size=m.image_text_hidden_size,
+    )
+
+
+def ensure_embedded_dataset(cfg, workdir: str) -> str:
+    """Generate the embedded dataset once per workdir (deterministic; every process writes its own
+    copy only if it has no shared filesystem - generation is cheap)."""
+    from blip_jax.data.synthetic import generate_embedded_dataset
+
+    out = cfg.data.embedded_dir or os.path.join(workdir, "data")
+    manifest = os.path.join(out, "manifest.json")
+    if not os.path.exists(manifest):
+        t0 = time.time()
+        generate_embedded_dataset(out, **dict(cfg.data.embedded_sizes))
+        log.info("generated the embedded dataset in %s (%.1fs)", out, time.time() - t0)
+    return out
+
+
+def embedded_specs(names, root: str) -> list[dict]:
+    """Embedded split names -> DatasetSpec dicts over the real on-disk formats."""
+    ann = os.path.join(root, "annotations")
+    images = os.path.join(root, "images")
+    table = {
+        "web": dict(name="web", format="blip_json", paths=[os.path.join(ann, "pretrain_web.json")],
+                    image_root=images),
+        "web_shards": dict(name="web_shards", format="webdataset", paths=[os.path.join(root, "shards", "*.tar")]),
+        "coco": dict(name="coco", format="blip_json", paths=[os.path.join(ann, "pretrain_coco.json")],
+                     image_root=images),
+        "coco_karpathy_train": dict(name="coco_karpathy_train", format="coco_karpathy",
+                                    paths=[os.path.join(ann, "coco_karpathy_train.json")], image_root=images),
+    }
+    specs = []
+    for n in names:
+        if isinstance(n, str):
+            if n not in table:
+                raise ValueError(f"data.datasets: unknown embedded split {n!r}; known: {sorted(table)}")
+            specs.append(table[n])
+        else:
+            specs.append(dict(n))
+    return specs
+
+
+def load_tokenizer(cfg, data_root: str | None):
+    from blip_jax.processing.tokenization import load_tokenizer as load
+
+    path = cfg.tokenizer.path or (os.path.join(data_root, "vocab.txt") if data_root else "")
+    if not path:
+        raise ValueError("tokenizer.path is empty and there is no embedded dataset vocabulary")
+    if os.path.isfile(path) and path.endswith(".txt"):
+        from blip_jax.processing.tokenization import WordPieceTokenizer
+
+        return WordPieceTokenizer.from_vocab_file(path)
+    return load(path)
+
+
+def special_ids(tok) -> dict:
+    return dict(pad_token_id=tok.pad_token_id, bos_token_id=tok.bos_token_id, sep_token_id=tok.sep_token_id,
+                eos_token_id=tok.sep_token_id, enc_token_id=tok.enc_token_id)
+
+
+def build_pipeline(cfg, tokenizer, data_root: str | None, per_process_batch: int):
+    from blip_jax.data import pipelines as pl
+
+    d = cfg.data
+    specs = embedded_specs(d.datasets, data_root) if d.embedded else [dict(s) for s in d.datasets]
+    opts = pl.LoaderOptions(batch_size=per_process_batch, seed=cfg.seed, num_workers=d.num_workers,
+                            num_threads=d.num_threads)
+    common = dict(image_size=d.image_size, min_scale=d.min_scale, max_words=d.max_words, max_len=d.max_len,
+                  hflip=d.hflip, randaugment=d.randaugment)
+    if cfg.task == "pretrain":
+        return pl.pretrain_pipeline(specs, tokenizer, opts, **common)
+    if cfg.task == "retrieval":
+        return pl.retrieval_train_pipeline(specs[0], tokenizer, opts, **common)
+    raise ValueError(f"unknown task {cfg.task!r}")
+
+
+def build_model(cfg, config: BlipConfig, seed: int):
+    from flax import nnx
+
+    from blip_jax.models.pretrain import BlipPretrain
+
+    model = BlipPretrain(config, rngs=nnx.Rngs(seed))
+    init = cfg.model.init
+    if init.blip_checkpoint or init.vision_hf or init.text_hf:
+        from blip_jax.checkpoints.init_from import initialise_pretrain_model
+
+        initialise_pretrain_model(model, blip_checkpoint=init.blip_checkpoint, vision_hf=init.vision_hf,
+                                  text_hf=init.text_hf)
+    return model
+
+
+def _scalar_metrics(metrics) -> dict[str, float]:
+    return {k: float(v) for k, v in jax.device_get(metrics).items()}
+
+
+# ------------------------------------------------------------------------------------------------
+# The loop
+
+
+@dataclasses.dataclass
+class TrainResult:
+    final_step: int
+    history: list[dict]
+    workdir: str
+
+
+def train(cfg: ml_collections.ConfigDict, workdir: str) -> TrainResult:
+    """Run (or resume) the job described by ``cfg`` in ``workdir``."""
+    from blip_jax.data.distributed import make_global_batch
+    from blip_jax.train.checkpointing import Checkpointer
+    from blip_jax.train.distributed import maybe_initialize_distributed
+    from blip_jax.train.metrics import MetricWriter, measure_matmul_flops, peak_flops_per_device
+    from blip_jax.train.optimizer import make_optimizer
+    from blip_jax.train.preemption import PreemptionHandler
+    from blip_jax.train.state import create_train_state, split_model
+    from blip_jax.train.step import ObjectiveConfig, make_train_step
+
+    maybe_initialize_distributed()
+    os.makedirs(workdir, exist_ok=True)
+    primary = jax.process_index() == 0
+    mesh = mesh_lib.make_mesh(dict(cfg.mesh))
+    dp = mesh_lib.data_parallel_size(mesh)
+    global_batch = cfg.data.batch_size
+    if global_batch % jax.process_count() or global_batch % dp:
+        raise ValueError(f"data.batch_size {global_batch} must divide by the process count "
+                         f"({jax.process_count()}) and the data-parallel mesh size ({dp})")
+    per_process = global_batch // jax.process_count()
+
+    data_root = ensure_embedded_dataset(cfg, workdir) if cfg.data.embedded else None
+    tokenizer = load_tokenizer(cfg, data_root)
+    config = model_config(cfg, tokenizer.vocab_size, special_ids(tokenizer))
+    pipeline = build_pipeline(cfg, tokenizer, data_root, per_process)
+    steps_per_epoch = pipeline.steps_per_epoch
+    if steps_per_epoch is not None:
+        # Every process reads its own shard: an epoch is over the global dataset.
+        steps_per_epoch = max(1, steps_per_epoch)
+    total_steps = int(cfg.total_steps) or int(cfg.num_epochs * (steps_per_epoch or 0))
+    if total_steps <= 0:
+        raise ValueError("set total_steps, or num_epochs with a finite dataset")
+    steps_per_epoch = steps_per_epoch or total_steps
+
+    model = build_model(cfg, config, cfg.seed)
+    graphdef, params, rest, momentum_graphdef, ema = split_model(model)
+    tx, schedule = make_optimizer(cfg.optimizer, steps_per_epoch, total_steps)
+    ocfg = ObjectiveConfig.from_config(
+        {**dict(cfg.objective), "alpha_ramp_steps": int(cfg.objective.alpha_ramp_epochs * steps_per_epoch)},
+        config.text_config,
+    )
+    queue_size = int(cfg.objective.queue_size)
+
+    initial = {"params": params, "rest": rest, "ema": ema}
+    del params, rest, ema, model  # only `initial` holds the random weights; freed once the state exists
+
+    def init_state():
+        return create_train_state(initial["params"], initial["rest"], initial["ema"], tx, jax.random.key(cfg.seed),
+                                  queue_size, config.image_text_hidden_size)
+
+    abstract = jax.eval_shape(init_state)
+    shardings = mesh_lib.train_state_shardings(abstract, tx, mesh, cfg.sharding_rules)
+    abstract = jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), abstract, shardings)
+
+    data_iter = iter(pipeline)
+    checkpointer = Checkpointer.from_config(workdir, cfg)
+    restored = checkpointer.restore_latest(abstract, data_iter)
+    if restored is None:
+        state = jax.jit(init_state, out_shardings=shardings)()
+        start = 0
+    else:
+        state, start = restored
+        log.info("resumed from step %d", start)
+    initial.clear()
+
+    step_fn = make_train_step(graphdef, momentum_graphdef, tx, schedule, ocfg)
+    batch_sharding = mesh_lib.batch_sharding(mesh)
+    jitted = jax.jit(step_fn, in_shardings=(shardings, batch_sharding),
+                     out_shardings=(shardings, mesh_lib.replicated(mesh)), donate_argnums=0)
+    first_local = next(data_iter)
+    first = make_global_batch(first_local, mesh)
+    t0 = time.time()
+    compiled = jitted.lower(abstract, first).compile()
+    mem = compiled.memory_analysis()
+    if primary:
+        mem_text = "n/a" if mem is None else (
+            f"args {mem.argument_size_in_bytes / 2**20:.1f} MiB, temps {mem.temp_size_in_bytes / 2**20:.1f} MiB, "
+            f"out {mem.output_size_in_bytes / 2**20:.1f} MiB")
+        print(f"compiled train step in {time.time() - t0:.1f}s; memory per device: {mem_text}", flush=True)
+
+    text_len = int(first["input_ids"].shape[1])
+    step_flops = flops_lib.pretrain_step_flops(config, global_batch, text_len, cfg.data.image_size,
+                                               itm=ocfg.itm_weight > 0, lm=ocfg.lm_weight > 0)
+    device_kind = jax.devices()[0].device_kind
+    peak = peak_flops_per_device(device_kind, config.text_config.dtype)
+    if peak is None:
+        peak = measure_matmul_flops("float32", size=2048)
+    peak_total = peak * jax.device_count()
+
+    writer = MetricWriter(workdir, total_steps=total_steps, is_primary=primary, initial_step=start)
+    preemption = PreemptionHandler(sync_every=max(1, int(cfg.get('preemption_sync_every', 1)))).install()
+    history = []
+    batch = first
+    step = start
+    last_log_time, last_log_step = time.perf_counter(), start
+    stopped_early = False
+    try:
+        while step < total_steps:
+            state, metrics = compiled(state, batch)
+            step += 1
+            must_log = step % cfg.log_every_steps == 0 or step == total_steps
+            must_save = checkpointer.should_save(step) or step == total_steps
+            stop = preemption.should_stop(step)
+            if must_log or must_save or stop:
+                scalars = _scalar_metrics(metrics)
+                if not all(math.isfinite(v) for v in scalars.values()):
+                    bad = {k: v for k, v in scalars.items() if not math.isfinite(v)}
+                    raise TrainingDiverged(
+                        f"step {step}: non-finite metrics {bad}; stopping. The last good checkpoint "
+                        f"(step {checkpointer.latest_step()}) in {checkpointer.directory} is kept."
+                    )
+                if must_log:
+                    now = time.perf_counter()
+                    dt = (now - last_log_time) / max(1, step - last_log_step)
+                    last_log_time, last_log_step = now, step
+                    scalars.update(step_time_s=dt, images_per_s=global_batch / dt,
+                                   tflops_per_s=step_flops / dt / 1e12, mfu=step_flops / dt / peak_total)
+                    from blip_jax.data.pipelines import data_metrics
+
+                    scalars.update(data_metrics(data_iter))
+                    writer.write_scalars(step, scalars)
+                    history.append({"step": step, **scalars})
+            if must_save or stop:
+                # The iterator now stands at batch `step`: exactly where a resumed run must start.
+                checkpointer.save(step, state, data_iter, cfg, force=stop or step == total_steps)
+            if stop:
+                stopped_early = True
+                log.warning("stop requested (SIGTERM): saved step %d, exiting", step)
+                break
+            if step < total_steps:
+                batch = make_global_batch(next(data_iter), mesh)
+    finally:
+        preemption.uninstall()
+        checkpointer.wait()
+        writer.close()
+    if primary and not stopped_early:
+        print_loss_table(history)
+        if cfg.get("export_hf", False):
+            export_hf(graphdef, state, config, os.path.join(workdir, "export"))
+    checkpointer.close()
+    return TrainResult(step, history, workdir)
+
+
+def print_loss_table(history: list[dict]) -> None:
+    keys = [k for k in ("loss_ita", "loss_itm", "loss_lm", "itm_acc") if history and k in history[0]]
+    if not history:
+        return
+    rows = [history[0]] + history[max(1, len(history) // 4)::max(1, len(history) // 4)]
+    if rows[-1] is not history[-1]:
+        rows.append(history[-1])
+    print("\n  step  " + "  ".join(f"{k:>9}" for k in keys))
+    for r in rows:
+        print(f"{r['step']:6d}  " + "  ".join(f"{r[k]:9.4f}" for k in keys))
+    first, last = history[0], history[-1]
+    print("  change " + "  ".join(f"{last[k] - first[k]:+9.4f}" for k in keys), flush=True)
+
+
+def export_hf(graphdef, state, config: BlipConfig, out_dir: str) -> None:
+    """Save the trained weights as HF-format BlipForImageTextRetrieval (ITC/ITM) and
+    BlipForConditionalGeneration (captioning) folders that transformers and we load."""
+    from flax import nnx
+
+    from blip_jax.models.blip import BlipForConditionalGeneration, BlipForImageTextRetrieval
+
+    model = nnx.merge(graphdef, jax.device_get(state.params), jax.device_get(state.rest))
+    retrieval = BlipForImageTextRetrieval(config, rngs=nnx.Rngs(0))
+    for name in ("vision_model", "text_encoder", "vision_proj", "text_proj", "itm_head"):
+        setattr(retrieval, name, getattr(model, name))
+    retrieval.save_pretrained(os.path.join(out_dir, "retrieval"))
+    captioner = BlipForConditionalGeneration(config, rngs=nnx.Rngs(0))
+    captioner.vision_model = model.vision_model
+    captioner.text_decoder = model.text_decoder
+    captioner.save_pretrained(os.path.join(out_dir, "captioning"))
+    with open(os.path.join(out_dir, "README.txt"), "w") as f:
+        f.write("HF-format exports of the trained BLIP weights: retrieval/ (ITC+ITM) and captioning/ (LM).\n")
+    log.info("exported HF-format models to %s", out_dir)
+
+
+def history_from_jsonl(path: str) -> dict[int, dict]:
+    """metrics.jsonl -> {step: the last record logged for that step} (resumed runs re-log steps)."""
+    out = {}
+    with open(path) as f:
+        for line in f:
+            rec = json.loads(line)
+            out[int(rec["step"])] = rec
+    return out
+
+
+__all__ = ["train", "TrainResult", "TrainingDiverged", "model_config", "export_hf"]

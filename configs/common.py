@@ -1,0 +1,51 @@
+"""Pieces shared by the config files (imported by path-loaded configs via sys.path of this folder)."""
+
+from __future__ import annotations
+
+import ml_collections
+
+from blip_jax.train.optimizer import default_config as default_optimizer
+
+
+def vit(size: str, image_size: int, **overrides) -> dict:
+    """BLIP's ViT-B/16 and ViT-L/16 (original: LayerNorm eps 1e-6)."""
+    base = {
+        "base": dict(hidden_size=768, num_hidden_layers=12, num_attention_heads=12, intermediate_size=3072),
+        "large": dict(hidden_size=1024, num_hidden_layers=24, num_attention_heads=16, intermediate_size=4096),
+    }[size]
+    return {**base, "image_size": image_size, "patch_size": 16, "layer_norm_eps": 1e-6, **overrides}
+
+
+def bert_base(**overrides) -> dict:
+    return dict(vocab_size=30524, hidden_size=768, num_hidden_layers=12, num_attention_heads=12,
+                intermediate_size=3072, max_position_embeddings=512, use_enc_token_for_itm=True,
+                label_smoothing=0.1, **overrides)
+
+
+def base_config() -> ml_collections.ConfigDict:
+    """Fields every training config has; task configs fill in model, data and schedule."""
+    c = ml_collections.ConfigDict()
+    c.task = "pretrain"
+    c.seed = 42
+    c.model = ml_collections.ConfigDict(dict(
+        vision={}, text={}, image_text_hidden_size=256, dtype="float32", param_dtype="float32", remat=False,
+        init=ml_collections.ConfigDict(dict(vision_hf="", text_hf="", blip_checkpoint="")),
+    ))
+    c.tokenizer = ml_collections.ConfigDict(dict(path="bert-base-uncased"))
+    c.data = ml_collections.ConfigDict(dict(
+        datasets=[], embedded=False, embedded_dir="", embedded_sizes={}, image_size=224, min_scale=0.2,
+        max_words=30, max_len=30, randaugment=True, hflip=True, batch_size=32, num_workers=0, num_threads=8,
+    ))
+    c.objective = ml_collections.ConfigDict(dict(
+        itc_weight=1.0, itm_weight=1.0, lm_weight=1.0, momentum=0.995, alpha=0.4, alpha_ramp_epochs=2.0,
+        label_smoothing=0.1, queue_size=57600, use_image_ids=False,
+    ))
+    c.optimizer = default_optimizer()
+    c.num_epochs = 20
+    c.total_steps = 0  # 0 = num_epochs * steps_per_epoch
+    c.mesh = ml_collections.ConfigDict(dict(data=-1, fsdp=1, tensor=1))
+    c.sharding_rules = (("embed", "fsdp"), ("heads", "tensor"), ("mlp", "tensor"), ("vocab", "tensor"))
+    c.checkpoint = ml_collections.ConfigDict(dict(every_steps=1000, keep=3, async_save=True))
+    c.log_every_steps = 50
+    c.export_hf = True
+    return c

@@ -1,0 +1,62 @@
+"""Tiny BLIP pretraining on the embedded synthetic dataset: the newcomer's first run.
+
+    blip-jax train --config configs/pretrain_tiny.py --workdir workdir/tiny
+
+Runs on 2 CPU cores in a few minutes: generates the embedded dataset (noisy web split + clean
+COCO-style captions) into <workdir>/data, trains a small ViT + text transformer with ITC, ITM
+and LM, and prints the loss table.
+"""
+
+import os
+import sys
+
+sys.path.insert(0, os.path.dirname(__file__))
+
+from common import base_config  # noqa: E402
+
+
+def get_config(arg: str = ""):
+    c = base_config()
+    c.model.vision = dict(image_size=64, patch_size=8, hidden_size=128, num_hidden_layers=3,
+                          num_attention_heads=4, intermediate_size=256, layer_norm_eps=1e-6)
+    c.model.text = dict(hidden_size=128, num_hidden_layers=3, num_attention_heads=4, intermediate_size=256,
+                        max_position_embeddings=64, use_enc_token_for_itm=True, label_smoothing=0.1)
+    c.model.image_text_hidden_size = 64
+    c.tokenizer.path = ""  # the embedded dataset's vocab.txt
+    c.data.embedded = True
+    c.data.embedded_sizes = dict(num_web=2000, num_coco_train=400, num_coco_val=50, num_coco_test=50,
+                                 image_size=96)
+    c.data.datasets = ["web", "coco"]  # embedded splits: noisy web captions + clean 5-caption set
+    c.data.image_size = 64
+    c.data.max_len = 24
+    c.data.batch_size = 32
+    c.data.randaugment = False  # a few minutes of training: keep the signal easy
+    c.data.num_threads = 4
+    c.objective.queue_size = 512
+    c.objective.alpha_ramp_epochs = 1.0
+    c.optimizer.lr = 5e-4
+    c.optimizer.weight_decay = 0.05
+    c.optimizer.schedule.type = "warmup_cosine"
+    c.optimizer.schedule.warmup_steps = 50
+    c.optimizer.schedule.min_lr = 5e-5
+    c.optimizer.optim.grad_clip = 1.0
+    c.num_epochs = 0
+    c.total_steps = 600
+    c.checkpoint.every_steps = 200
+    c.log_every_steps = 25
+    if arg == "smoke":  # seconds, for tests
+        c.data.embedded_sizes = dict(num_web=96, num_coco_train=32, num_coco_val=8, num_coco_test=8, image_size=32,
+                                     vg_questions=16)
+        c.model.vision.update(image_size=32, num_hidden_layers=1, hidden_size=32, intermediate_size=64)
+        c.model.text.update(num_hidden_layers=1, hidden_size=32, intermediate_size=64)
+        c.model.image_text_hidden_size = 16
+        c.data.image_size = 32
+        c.data.batch_size = 8
+        c.data.max_len = 16
+        c.objective.queue_size = 32
+        c.optimizer.schedule.warmup_steps = 2
+        c.total_steps = 8
+        c.checkpoint.every_steps = 2
+        c.checkpoint.async_save = False
+        c.log_every_steps = 1
+    return c

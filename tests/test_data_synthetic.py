@@ -118,3 +118,17 @@ def test_default_size_generates_quickly(tmp_path):
                                   num_coco_test=10)
     # a tenth of the default: the default (~4000 images) takes ~10x this (well under a minute)
     assert m["seconds"] < 6.0
+
+
+def test_real_wordpiece_tokenizer_on_embedded_vocab(gen):
+    tok_mod = pytest.importorskip("blip_jax.processing.tokenization")
+    root, _ = gen
+    tok = tok_mod.WordPieceTokenizer.from_vocab_file(f"{root}/vocab.txt")
+    vocab = open(f"{root}/vocab.txt").read().split("\n")[:-1]
+    assert (tok.pad_token_id, tok.cls_token_id, tok.sep_token_id) == (0, 2, 3)
+    assert tok.vocab_size >= len(vocab)
+    corpus = open(f"{root}/corpus.txt").read().split("\n")[:-1]
+    out = tok(corpus[:50], padding="max_length", truncation=True, max_length=40, return_tensors="np")
+    assert out["input_ids"].shape == (50, 40) and not (out["input_ids"] == 1).any()  # no [UNK]
+    squash = lambda t: t.replace(" ", "")  # decode's spacing around punctuation is the tokenizer's choice
+    assert all(squash(tok.decode(ids)) == squash(line) for ids, line in zip(out["input_ids"], corpus[:50]))

@@ -31,6 +31,7 @@ def get_config(arg: str = ""):
     c.data.max_len = 24
     c.data.batch_size = 32
     c.data.randaugment = False  # a few minutes of training: keep the signal easy
+    c.data.hflip = False  # captions say "left" and "right": a flip would make them wrong
     c.data.num_threads = 4
     c.objective.queue_size = 512
     c.objective.alpha_ramp_epochs = 1.0

@@ -186,3 +186,36 @@ def test_two_processes_on_localhost_agree(tmp_path):
     reasons = {r["pid"]: r["reason"] for r in results}
     assert reasons[1] == "received SIGTERM"
     assert reasons[0] == "another host stopped (processes [1])"
+
+
+_FAKE_BLIP_JAX = """#!{python}
+# Stands in for `blip-jax`: checks the arguments the launcher passes, joins the job, all-gathers.
+import json, sys
+import jax, numpy as np
+from jax.experimental import multihost_utils
+from blip_jax.train.distributed import maybe_initialize_distributed
+
+assert sys.argv[1:] == ["train", "--config", "c.py", "--workdir", "w"], sys.argv
+maybe_initialize_distributed(initialization_timeout=60)
+ids = multihost_utils.process_allgather(np.array([jax.process_index()]), tiled=True)
+print("FAKE " + json.dumps({{"pid": jax.process_index(), "ids": ids.tolist(), "local": jax.local_device_count()}}))
+"""
+
+
+def test_local_multiprocess_launcher(tmp_path):
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    fake = tmp_path / "blip-jax"
+    fake.write_text(_FAKE_BLIP_JAX.format(python=sys.executable))
+    fake.chmod(0o755)
+    env = {k: v for k, v in os.environ.items() if k not in _CLUSTER_VARS and k != "XLA_FLAGS"}
+    env["BLIP_JAX"] = str(fake)
+    cmd = [os.path.join(root, "launch", "local_multiprocess.sh"), "-n", "2", "--cpu", "--cpu-devices", "2"]
+    cmd += ["--log-dir", str(tmp_path / "logs"), "--", "--config", "c.py", "--workdir", "w"]
+    out = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=90, cwd=tmp_path)
+    assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-4000:]
+    # Process 0 prints to the terminal; process 1 only to its log file.
+    line0 = next(x for x in out.stdout.splitlines() if x.startswith("FAKE "))
+    assert json.loads(line0[5:]) == {"pid": 0, "ids": [0, 1], "local": 2}
+    log1 = (tmp_path / "logs" / "process_1.log").read_text()
+    line1 = next(x for x in log1.splitlines() if x.startswith("FAKE "))
+    assert json.loads(line1[5:]) == {"pid": 1, "ids": [0, 1], "local": 2}

@@ -129,7 +129,21 @@ _WORKER = textwrap.dedent(
     if pid == 1:
         signal.raise_signal(signal.SIGTERM)  # only process 1 is preempted ...
     after = handler.should_stop(1)  # ... and both agree to stop
+    # A checkpoint written by both processes: shards of `x` and one iterator file per process.
+    import grain
+    from blip_jax.train.checkpointing import Checkpointer
+    it = iter(grain.MapDataset.range(10 * pid, 10 * pid + 10).to_iter_dataset())
+    next(it)
+    with Checkpointer(sys.argv[1], save_interval_steps=1) as ckpt:
+        ckpt.save(1, {"x": x}, data_iterator=it)
+    next(it)
+    it2 = iter(grain.MapDataset.range(10 * pid, 10 * pid + 10).to_iter_dataset())
+    with Checkpointer(sys.argv[1]) as ckpt:
+        restored, _ = ckpt.restore_latest({"x": x}, data_iterator=it2)
+    gather = lambda a: np.asarray(multihost_utils.process_allgather(a, tiled=True))
+    ckpt_ok = bool((gather(restored["x"]) == gather(x)).all()) and restored["x"].sharding == x.sharding
     print("RESULT " + json.dumps({
+        "ckpt_ok": ckpt_ok, "next_after_restore": int(next(it2)),
         "multi": multi, "again": again, "pid": pid, "count": jax.process_count(),
         "devices": jax.device_count(), "gathered": gathered.tolist(), "total": float(total),
         "before": before, "after": after, "reason": handler.reason,
@@ -157,7 +171,11 @@ def test_two_processes_on_localhost_agree(tmp_path):
         )
         procs.append(
             subprocess.Popen(
-                [sys.executable, "-c", _WORKER], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+                [sys.executable, "-c", _WORKER, str(tmp_path)],
+                env=env,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                text=True,
             )
         )
     outputs = []
@@ -183,9 +201,14 @@ def test_two_processes_on_localhost_agree(tmp_path):
         assert r["gathered"] == [1, 11]
         assert r["total"] == 1.0 + 10.0 + 2.0 + 20.0
         assert r["before"] is False and r["after"] is True
+        assert r["ckpt_ok"] and r["next_after_restore"] == 10 * r["pid"] + 1
     reasons = {r["pid"]: r["reason"] for r in results}
     assert reasons[1] == "received SIGTERM"
     assert reasons[0] == "another host stopped (processes [1])"
+    assert sorted(f for f in os.listdir(tmp_path / "checkpoints" / "1" / "data") if f.endswith(".json")) == [
+        "process_0-of-2.json",
+        "process_1-of-2.json",
+    ]
 
 
 _FAKE_BLIP_JAX = """#!{python}

@@ -1,0 +1,206 @@
+"""Captioning speed of blip_jax.generation against transformers' generate, in one process.
+
+Base-size BLIP (ViT-B/16 at 384 px, BERT-base decoder: hidden 768, 12 layers, 12 heads, vocab 30524)
+with random weights, shared by both implementations (transformers' random init copied into ours),
+batch 8, exactly ``--new-tokens`` new tokens (min_length = max_length), greedy and beam search.
+Reports captions/s of each and their ratio (ours / HF), our compile time (excluded from the timed
+runs; both sides are warmed up first), whether the token ids agree, and the vision encoder's
+achieved FLOP/s (analytic FLOPs) as a fraction of a dense float matmul measured in the same run.
+
+    python benchmarks/generate_vs_hf.py                       # CPU or the default JAX device
+    python benchmarks/generate_vs_hf.py --device-kind gpu --dtype bfloat16
+    python benchmarks/generate_vs_hf.py --skip-hf --batch 32  # ours only
+
+Timed runs of the two implementations are interleaved, so load from other processes hits both;
+each number is the median of ``--repeats`` runs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import sys
+import time
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--device-kind", choices=["auto", "cpu", "gpu", "tpu"], default="auto",
+                   help="JAX platform (auto: JAX's default); HF runs on CUDA when JAX runs on a GPU")
+    p.add_argument("--batch", type=int, default=8)
+    p.add_argument("--dtype", choices=["float32", "bfloat16"], default="float32",
+                   help="compute dtype of both implementations (parameters stay float32 in ours)")
+    p.add_argument("--skip-hf", action="store_true", help="time only blip_jax")
+    p.add_argument("--new-tokens", type=int, default=20)
+    p.add_argument("--num-beams", type=int, default=3)
+    p.add_argument("--modes", default="greedy,beam", help="comma list of greedy, beam")
+    p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--image-size", type=int, default=384)
+    p.add_argument("--vision-layers", type=int, default=12, help="fewer layers for a quick run on a slow CPU")
+    p.add_argument("--text-layers", type=int, default=12)
+    p.add_argument("--matmul-size", type=int, default=0, help="peak-matmul size (0: 2048 on CPU, 8192 otherwise)")
+    p.add_argument("--json", default=None, help="also write the results to this file")
+    return p.parse_args(argv)
+
+
+def vision_flops(batch: int, image: int, patch: int, d: int, layers: int, mlp: int) -> float:
+    """Analytic forward FLOPs (2 per multiply-add) of the ViT: patch conv, attention, MLP."""
+    n = (image // patch) ** 2
+    t = n + 1
+    patch_embed = 2 * n * (3 * patch * patch) * d
+    per_layer = 2 * t * d * 3 * d + 2 * 2 * t * t * d + 2 * t * d * d + 2 * 2 * t * d * mlp
+    return float(batch * (patch_embed + layers * per_layer))
+
+
+def _median_time(fn, repeats: int) -> float:
+    times = []
+    for _ in range(repeats):
+        t = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t)
+    return statistics.median(times)
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    if args.device_kind != "auto":
+        os.environ["JAX_PLATFORMS"] = {"gpu": "cuda"}.get(args.device_kind, args.device_kind)
+    import jax
+    import jax.numpy as jnp
+    import numpy as np
+    from flax import nnx
+
+    sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
+    from blip_jax.configuration import BlipConfig, BlipTextConfig, BlipVisionConfig
+    from blip_jax.models.blip import BlipForConditionalGeneration
+
+    backend = jax.default_backend()
+    text = dict(vocab_size=30524, hidden_size=768, num_hidden_layers=args.text_layers, num_attention_heads=12,
+                intermediate_size=3072)
+    vision = dict(image_size=args.image_size, patch_size=16, hidden_size=768, num_hidden_layers=args.vision_layers,
+                  num_attention_heads=12, intermediate_size=3072)
+    config = BlipConfig.from_text_vision_configs(BlipTextConfig(**text), BlipVisionConfig(**vision))
+    if args.dtype != "float32":
+        config = config.with_dtype(args.dtype)
+    ours = BlipForConditionalGeneration(config, rngs=nnx.Rngs(0))
+
+    hf = torch = None
+    torch_device = "cpu"
+    if not args.skip_hf:
+        import torch
+        import transformers
+
+        from blip_jax.checkpoints.loading import apply_state_dict
+
+        torch.manual_seed(0)
+        hf_cfg = transformers.BlipConfig(
+            text_config=transformers.BlipTextConfig(**text).to_dict(),
+            vision_config=transformers.BlipVisionConfig(**vision).to_dict(),
+        )
+        hf = transformers.BlipForConditionalGeneration(hf_cfg).eval()
+        with torch.no_grad():  # BLIP's vision init (std 1e-10) would make every image look the same
+            for p in hf.vision_model.parameters():
+                if p.dim() > 1:
+                    p.normal_(0.0, 0.02)
+        apply_state_dict(ours, {k: v.detach().numpy() for k, v in hf.state_dict().items()})
+        if backend == "gpu" and torch.cuda.is_available():
+            torch_device = "cuda"
+        hf = hf.to(torch_device, dtype=torch.bfloat16 if args.dtype == "bfloat16" else torch.float32)
+
+    rng = np.random.default_rng(0)
+    pixels = rng.normal(size=(args.batch, args.image_size, args.image_size, 3)).astype(np.float32)
+    pixels_jax = jnp.asarray(pixels, jnp.bfloat16 if args.dtype == "bfloat16" else jnp.float32)
+    total = 1 + args.new_tokens
+    results = dict(device=str(jax.devices()[0]), backend=backend, torch_device=torch_device, batch=args.batch,
+                   dtype=args.dtype, new_tokens=args.new_tokens, vision_layers=args.vision_layers,
+                   text_layers=args.text_layers, image_size=args.image_size, modes={})
+    print(f"device: {results['device']} (torch: {torch_device}), batch {args.batch}, dtype {args.dtype}, "
+          f"{args.new_tokens} new tokens, vision layers {args.vision_layers}, text layers {args.text_layers}")
+
+    if hf is not None:
+        hf_pixels = torch.from_numpy(np.ascontiguousarray(pixels.transpose(0, 3, 1, 2))).to(
+            torch_device, dtype=next(hf.parameters()).dtype)
+
+    def sync():
+        if torch is not None and torch_device == "cuda":
+            torch.cuda.synchronize()
+
+    for mode in [m.strip() for m in args.modes.split(",") if m.strip()]:
+        beams = args.num_beams if mode == "beam" else 1
+        kw = dict(max_length=total, min_length=total, num_beams=beams)
+
+        def run_ours(kw=kw):
+            return np.asarray(ours.generate(pixels_jax, **kw))
+
+        t = time.perf_counter()
+        out_ours = run_ours()
+        first = time.perf_counter() - t
+        run_ours()  # warm
+        r = dict(first_call_s=first)
+        if hf is not None:
+            def run_hf(kw=kw):
+                with torch.inference_mode():
+                    out = hf.generate(hf_pixels, **kw)
+                sync()
+                return out.cpu().numpy()
+
+            out_hf = run_hf()  # warm-up
+            hf_times, our_times = [], []
+            for _ in range(args.repeats):  # interleaved, so background load hits both alike
+                hf_times.append(_median_time(run_hf, 1))
+                our_times.append(_median_time(run_ours, 1))
+            t_hf, t_ours = statistics.median(hf_times), statistics.median(our_times)
+            same = out_hf.shape == out_ours.shape and bool((out_hf == out_ours).all())
+            rows_same = float((out_hf == out_ours).all(axis=1).mean()) if out_hf.shape == out_ours.shape else 0.0
+            r.update(hf_s=t_hf, hf_captions_per_s=args.batch / t_hf, identical_ids=same, identical_rows=rows_same)
+        else:
+            t_ours = _median_time(run_ours, args.repeats)
+        r.update(ours_s=t_ours, ours_captions_per_s=args.batch / t_ours, compile_s=max(first - t_ours, 0.0))
+        line = (f"{mode:6s} ours {r['ours_captions_per_s']:8.2f} captions/s ({t_ours:.3f} s/batch, "
+                f"compile ~{r['compile_s']:.1f} s)")
+        if hf is not None:
+            r["ratio"] = t_hf / t_ours
+            line += (f" | HF {r['hf_captions_per_s']:8.2f} captions/s ({t_hf:.3f} s/batch) | ratio ours/HF "
+                     f"{r['ratio']:.2f}x | identical ids: {same} (rows {rows_same:.0%})")
+        print(line, flush=True)
+        results["modes"][mode] = r
+
+    # Vision encoder throughput vs a dense matmul peak, both measured now on this device.
+    graphdef, state = nnx.split(ours.vision_model)
+    vision_fn = jax.jit(lambda s, x: nnx.merge(graphdef, s)(x).last_hidden_state)
+    jax.block_until_ready(vision_fn(state, pixels_jax))
+    t_vis = _median_time(lambda: jax.block_until_ready(vision_fn(state, pixels_jax)), max(args.repeats, 3))
+    flops = vision_flops(args.batch, args.image_size, 16, 768, args.vision_layers, 3072)
+    n = args.matmul_size or (2048 if backend == "cpu" else 8192)
+    mm_dtype = jnp.bfloat16 if args.dtype == "bfloat16" else jnp.float32
+    a = jax.random.normal(jax.random.key(0), (n, n), mm_dtype)
+    dot = jax.jit(lambda x, y: jnp.dot(x, y, preferred_element_type=mm_dtype))
+    jax.block_until_ready(dot(a, a))
+    t_mm = _median_time(lambda: jax.block_until_ready(dot(a, a)), 5)
+    peak = 2 * n**3 / t_mm
+    achieved = flops / t_vis
+    results["vision"] = dict(seconds=t_vis, flops=flops, achieved_flops_per_s=achieved, matmul_n=n,
+                             matmul_peak_flops_per_s=peak, fraction_of_peak=achieved / peak)
+    line = (f"vision encoder: {flops / 1e9:.1f} GFLOP in {t_vis:.3f} s = {achieved / 1e12:.3f} TFLOP/s; "
+            f"dense {n}x{n} {args.dtype} matmul peak {peak / 1e12:.3f} TFLOP/s -> {achieved / peak:.1%} of peak")
+    if hf is not None:
+        def hf_vision():
+            with torch.inference_mode():
+                hf.vision_model(hf_pixels)
+            sync()
+
+        hf_vision()
+        t_hf_vis = _median_time(hf_vision, max(args.repeats, 3))
+        results["vision"]["hf_seconds"] = t_hf_vis
+        line += f" (HF vision {t_hf_vis:.3f} s)"
+    print(line)
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(results, f, indent=2)
+    return results
+
+
+if __name__ == "__main__":
+    main()

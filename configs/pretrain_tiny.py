@@ -18,9 +18,11 @@ from common import base_config  # noqa: E402
 def get_config(arg: str = ""):
     c = base_config()
     c.model.vision = dict(image_size=64, patch_size=8, hidden_size=128, num_hidden_layers=3,
-                          num_attention_heads=4, intermediate_size=256, layer_norm_eps=1e-6)
+                          num_attention_heads=4, intermediate_size=256, layer_norm_eps=1e-6,
+                          initializer_range=0.08)
     c.model.text = dict(hidden_size=128, num_hidden_layers=3, num_attention_heads=4, intermediate_size=256,
-                        max_position_embeddings=64, use_enc_token_for_itm=True, label_smoothing=0.1)
+                        max_position_embeddings=64, use_enc_token_for_itm=True, label_smoothing=0.1,
+                        initializer_range=0.08)
     c.model.image_text_hidden_size = 64
     c.tokenizer.path = ""  # the embedded dataset's vocab.txt
     c.data.embedded = True
@@ -28,12 +30,16 @@ def get_config(arg: str = ""):
                                  image_size=96)
     c.data.datasets = ["web", "coco"]  # embedded splits: noisy web captions + clean 5-caption set
     c.data.image_size = 64
+    c.data.min_scale = 0.6  # smaller crops cut whole objects out of 96-px scenes
     c.data.max_len = 24
     c.data.batch_size = 32
     c.data.randaugment = False  # a few minutes of training: keep the signal easy
     c.data.hflip = False  # captions say "left" and "right": a flip would make them wrong
     c.data.num_threads = 4
-    c.objective.queue_size = 512
+    c.objective.queue_size = 256
+    # From scratch the momentum encoders must follow quickly: BLIP's 0.995 assumes pretrained
+    # DeiT/BERT features; with random ones the keys stay collapsed for hundreds of steps.
+    c.objective.momentum = 0.99
     c.objective.alpha_ramp_epochs = 1.0
     c.optimizer.lr = 5e-4
     c.optimizer.weight_decay = 0.05

@@ -47,7 +47,7 @@ def run(mesh_shape, steps: int = 2):
     rng = np.random.default_rng(0)
     losses = []
     for _ in range(steps):
-        batch = {"image": rng.normal(size=(8, 16, 16, 3)).astype(np.float32),
+        batch = {"pixel_values": rng.normal(size=(8, 16, 16, 3)).astype(np.float32),
                  "input_ids": rng.integers(3, 90, (8, 12)).astype(np.int32),
                  "attention_mask": (np.arange(12)[None] < rng.integers(4, 13, (8, 1))).astype(np.int32)}
         batch["input_ids"][:, 0] = 1

@@ -4,6 +4,7 @@ import hashlib
 import json
 import os
 
+import numpy as np
 import pytest
 
 from blip_jax.data import annotations as ann
@@ -132,3 +133,19 @@ def test_real_wordpiece_tokenizer_on_embedded_vocab(gen):
     assert out["input_ids"].shape == (50, 40) and not (out["input_ids"] == 1).any()  # no [UNK]
     squash = lambda t: t.replace(" ", "")  # decode's spacing around punctuation is the tokenizer's choice
     assert all(squash(tok.decode(ids)) == squash(line) for ids, line in zip(out["input_ids"], corpus[:50]))
+
+
+def test_rendered_objects_are_visible_where_the_scene_says():
+    """Each object's colour is present at its grid cell (the image is not just background)."""
+    from blip_jax.data.synthetic import COLORS, COLS, ROWS, render_scene
+
+    scene = {"background": (230, 230, 230),
+             "objects": [{"shape": "square", "color": "red", "size": "large", "row": "top", "col": "left"},
+                         {"shape": "circle", "color": "blue", "size": "large", "row": "bottom", "col": "right"}]}
+    img = np.asarray(render_scene(scene, 96, np.random.default_rng(0)), np.int32)
+    assert img.shape == (96, 96, 3)
+    for o in scene["objects"]:
+        y = int((ROWS.index(o["row"]) + 0.5) * 32)
+        x = int((COLS.index(o["col"]) + 0.5) * 32)
+        assert np.abs(img[y, x] - np.asarray(COLORS[o["color"]])).max() <= 20, (o, img[y, x])
+    assert np.abs(img[48, 48] - 230).max() <= 25  # the empty centre cell is background

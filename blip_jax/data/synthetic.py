@@ -99,7 +99,7 @@ def render_scene(scene: dict, size: int, rng: np.random.Generator) -> Image.Imag
     s2 = size * 2  # draw at 2x and downsample: anti-aliased edges
     h = np.linspace(0, 1, s2, dtype=np.float32)[:, None, None]
     bg = np.asarray(scene["background"], np.float32)
-    canvas = bg * (0.92 + 0.08 * h)
+    canvas = np.broadcast_to(bg * (0.92 + 0.08 * h), (s2, s2, 3))  # (2S, 2S, 3): vertical shading
     img = Image.fromarray(np.clip(canvas, 0, 255).astype(np.uint8))
     draw = ImageDraw.Draw(img)
     cell = s2 / 3

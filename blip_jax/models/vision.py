@@ -15,6 +15,12 @@ from blip_jax.models.layers import EMBED, TransformerLayer, as_dtype, layer_norm
 from blip_jax.models.outputs import BaseModelOutputWithPooling
 
 
+def init_std(config: BlipVisionConfig) -> float:
+    """Weight init scale. HF's vision default (1e-10) only makes sense when weights are loaded
+    afterwards; for training from scratch anything below 1e-4 means timm's ViT default, 0.02."""
+    return config.initializer_range if config.initializer_range >= 1e-4 else 0.02
+
+
 @functools.lru_cache(maxsize=64)
 def bicubic_matrix(in_size: int, out_size: int) -> np.ndarray:
     """(out, in) weights reproducing torch's bicubic interpolate (A=-0.75, align_corners=False).
@@ -51,12 +57,12 @@ class VisionEmbeddings(nnx.Module):
         self.patch_embedding = nnx.Conv(
             config.num_channels, d, kernel_size=(p, p), strides=(p, p), padding="VALID",
             dtype=self.dtype, param_dtype=pdt,
-            kernel_init=nnx.initializers.truncated_normal(0.02),
+            kernel_init=nnx.initializers.truncated_normal(init_std(config)),
             kernel_metadata={"logical_axes": (None, None, None, EMBED)},
             bias_metadata={"logical_axes": (EMBED,)},
             rngs=rngs,
         )
-        init = nnx.initializers.truncated_normal(0.02)
+        init = nnx.initializers.truncated_normal(init_std(config))
         self.class_embedding = nnx.Param(init(rngs.params(), (1, 1, d), pdt), logical_axes=(None, None, EMBED))
         self.position_embedding = nnx.Param(
             init(rngs.params(), (1, config.num_patches + 1, d), pdt), logical_axes=(None, None, EMBED)
@@ -111,7 +117,7 @@ class BlipVisionModel(PretrainedMixin, nnx.Module):
                     config.hidden_size, config.num_attention_heads, config.intermediate_size,
                     pre_norm=True, layer_norm_eps=config.layer_norm_eps, act=config.hidden_act,
                     dtype=config.dtype, param_dtype=config.param_dtype,
-                    attention_dropout_rate=config.attention_dropout, drop_path_rate=dpr[i],
+                    attention_dropout_rate=config.attention_dropout, drop_path_rate=dpr[i], std=init_std(config),
                     rngs=rngs,
                 )
                 for i in range(config.num_hidden_layers)

@@ -3,7 +3,7 @@
 `make_train_step` closes over the static parts (graph definitions, optimiser, objective
 settings) and returns a function that `blip_jax.train.loop` jit-compiles with explicit
 in/out shardings and a donated state. Batch (global, leading dim sharded over data axes):
-    image (B, H, W, 3) float, input_ids (B, L) int32, attention_mask (B, L) int32,
+    pixel_values (B, H, W, 3) float, input_ids (B, L) int32, attention_mask (B, L) int32,
     image_id (B,) int32 (retrieval fine-tuning: ITC positives / ITM exclusions by image id).
 """
 
@@ -51,7 +51,7 @@ class ObjectiveConfig:
 
 def _momentum_features(momentum_graphdef, ema, batch):
     model_m = nnx.merge(momentum_graphdef, ema)
-    states = model_m.vision_model(batch["image"]).last_hidden_state
+    states = model_m.vision_model(batch["pixel_values"]).last_hidden_state
     image_feat = l2_normalize(model_m.vision_proj(states[:, 0]))
     text = model_m.text_encoder(batch["input_ids"], batch["attention_mask"]).last_hidden_state
     text_feat = l2_normalize(model_m.text_proj(text[:, 0]))
@@ -62,7 +62,7 @@ def blip_losses(model, batch, image_feat_m, text_feat_m, queues, rng, alpha, ocf
     """ITC + ITM + LM on one global batch. Returns (total loss, metrics dict)."""
     ids, mask = batch["input_ids"], batch["attention_mask"]
     image_ids = batch.get("image_id") if ocfg.use_image_ids else None
-    image_states, image_feat = model.encode_image(batch["image"], deterministic=False)
+    image_states, image_feat = model.encode_image(batch["pixel_values"], deterministic=False)
     text_feat = model.encode_text(ids, mask, deterministic=False)
     temp = model.temp[...]
     metrics = {}

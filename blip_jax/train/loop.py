@@ -187,7 +187,12 @@ def train(cfg: ml_collections.ConfigDict, workdir: str) -> TrainResult:
 
     model = build_model(cfg, config, cfg.seed)
     graphdef, params, rest, momentum_graphdef, ema = split_model(model)
-    tx, schedule = make_optimizer(cfg.optimizer, steps_per_epoch, total_steps)
+    # Schedules count optimiser updates; with accumulation one update spans `accum` micro-steps.
+    accum = max(1, int(cfg.optimizer.optim.get("accum_steps", 1)))
+    tx, update_schedule = make_optimizer(cfg.optimizer, max(1, steps_per_epoch // accum), max(1, total_steps // accum))
+
+    def schedule(step):
+        return update_schedule(step // accum)
     ocfg = ObjectiveConfig.from_config(
         {**dict(cfg.objective), "alpha_ramp_steps": int(cfg.objective.alpha_ramp_epochs * steps_per_epoch)},
         config.text_config,

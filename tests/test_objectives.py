@@ -181,3 +181,32 @@ def test_sharded_step_equals_single_device():
         assert report[shape]["max_loss_diff"] <= 1e-5, (shape, report[shape])
         assert report[shape]["max_param_diff"] <= 2e-4, (shape, report[shape])
     assert "P('fsdp', 'tensor')" in report["2x2x2"]["specs"]  # really sharded, not replicated
+
+
+def test_two_processes_match_single_process():
+    """2 processes on localhost (jax.distributed, CPU collectives) run 3 steps, each feeding its half
+    of the global batch, and agree with the single-process run on the whole batch."""
+    import socket
+
+    root = os.path.dirname(os.path.dirname(__file__))
+    base = {**os.environ, "JAX_PLATFORMS": "cpu", "XLA_FLAGS": "--xla_force_host_platform_device_count=1"}
+    single = subprocess.run([sys.executable, "-m", "tests.multiprocess_step_check"], env=base, cwd=root,
+                            capture_output=True, text=True, timeout=300)
+    assert single.returncode == 0, single.stderr[-3000:]
+    want = json.loads(single.stdout.strip().splitlines()[-1])
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    procs = [subprocess.Popen([sys.executable, "-m", "tests.multiprocess_step_check"], cwd=root,
+                              env={**base, "JAX_COORDINATOR_ADDRESS": f"127.0.0.1:{port}", "JAX_NUM_PROCESSES": "2",
+                                   "JAX_PROCESS_ID": str(i)},
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for i in range(2)]
+    outs = [p.communicate(timeout=300) for p in procs]
+    for p, (_, err) in zip(procs, outs):
+        assert p.returncode == 0, err[-3000:]
+    got = json.loads(outs[0][0].strip().splitlines()[-1])
+    assert got["processes"] == 2 and got["devices"] == 2 and want["processes"] == 1
+    for a, b in zip(want["losses"], got["losses"]):
+        for k in a:
+            assert abs(a[k] - b[k]) <= 1e-5, (k, a, b)
+    assert abs(want["checksum"] - got["checksum"]) <= 1e-4 * want["checksum"]

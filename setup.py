@@ -26,6 +26,7 @@ setup(
         "tqdm>=4.66",
         "tensorboardX>=2.6",
         "simplejpeg>=1.7",  # libjpeg-turbo scaled JPEG decode for the input pipeline
+        "pycocoevalcap>=1.2",  # caption metrics (needs Java: default-jre-headless)
     ],
     extras_require={
         # torch/transformers are references for parity tests and benchmarks only.

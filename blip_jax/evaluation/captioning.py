@@ -1,0 +1,214 @@
+"""Caption evaluation: beam-search captions -> results JSON -> pycocoevalcap scores.
+
+BLIP's protocol (COCO Karpathy val/test): prompt "a picture of ", beam search with 3 beams,
+max_length 20, min_length 5 (whole sequence, prompt included, as HF ``generate``); the decoded text
+has the prompt's characters cut off (``caption[len(prompt):]``). Results are written as
+``[{"image_id": int, "caption": str}]`` and scored with pycocoevalcap against a COCO-format ground
+truth (``{"images": [{"id"}], "annotations": [{"image_id", "id", "caption"}]}``): PTB tokenizer,
+BLEU-1..4, METEOR, ROUGE_L, CIDEr and optionally SPICE, over the image ids of the results (as BLIP's
+``coco_caption_eval``).
+
+Java: the PTB tokenizer, METEOR and SPICE run Java programs; without ``java`` on PATH scoring raises
+(install ``default-jre-headless``). SPICE additionally needs the Stanford CoreNLP 3.6.0 jars, which
+pycocoevalcap downloads on first use from nlp.stanford.edu; offline that fails, so SPICE is off
+unless asked for (``spice=True``), and asking for it without the jars raises with instructions.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+from collections.abc import Iterable, Sequence
+
+import numpy as np
+
+log = logging.getLogger(__name__)
+
+PROMPT = "a picture of "
+METRICS = ("Bleu_1", "Bleu_2", "Bleu_3", "Bleu_4", "METEOR", "ROUGE_L", "CIDEr", "SPICE")
+
+
+class CaptionEvalError(RuntimeError):
+    """A scorer cannot run (no Java, no SPICE models); the message says what to install."""
+
+
+# ---------------------------------------------------------------------------------------------
+# Ground truth
+
+
+def coco_image_id(record: dict) -> int:
+    """The id results are reported under: the COCO numeric id (``image_key``) or the record index."""
+    key = str(record.get("image_key", ""))
+    return int(key) if key.lstrip("-").isdigit() and int(key) >= 0 else int(record["index"])
+
+
+def coco_ground_truth(records: Sequence[dict]) -> dict:
+    """coco_karpathy val/test records -> COCO-format caption annotations (what BLIP's
+    coco_karpathy_{val,test}_gt.json hold)."""
+    images, anns = [], []
+    for rec in records:
+        iid = coco_image_id(rec)
+        images.append({"id": iid})
+        for c in rec["captions"]:
+            if isinstance(c, str):
+                anns.append({"image_id": iid, "id": len(anns), "caption": c})
+    return {"images": images, "annotations": anns, "type": "captions", "info": {}, "licenses": []}
+
+
+def _load(obj_or_path):
+    if isinstance(obj_or_path, (str, os.PathLike)):
+        with open(obj_or_path, encoding="utf-8") as f:
+            return json.load(f)
+    return obj_or_path
+
+
+# ---------------------------------------------------------------------------------------------
+# Scoring
+
+
+def require_java() -> str:
+    java = shutil.which("java")
+    if java is None:
+        raise CaptionEvalError(
+            "caption metrics need Java (pycocoevalcap's PTB tokenizer, METEOR and SPICE are Java programs): "
+            "install a Java runtime, e.g. `apt-get install -y default-jre-headless`, and make sure `java` is on PATH")
+    return java
+
+
+def spice_available() -> bool:
+    from pycocoevalcap.spice import get_stanford_models as g
+
+    return os.path.exists(os.path.join(g.SPICEDIR, g.SPICELIB, f"{g.JAR}.jar"))
+
+
+def score_captions(results, ground_truth, *, spice: bool = False) -> dict[str, float]:
+    """pycocoevalcap scores of `results` ([{"image_id", "caption"}] or a path) against a COCO-format
+    ground truth (dict or path), over the results' image ids. -> {"Bleu_1".."Bleu_4", "METEOR",
+    "ROUGE_L", "CIDEr"[, "SPICE"]} as fractions (BLIP reports them x100)."""
+    require_java()
+    if spice and not spice_available():
+        raise CaptionEvalError(
+            "SPICE needs the Stanford CoreNLP 3.6.0 jars, which pycocoevalcap downloads from nlp.stanford.edu "
+            "on first use; run `python -c 'from pycocoevalcap.spice.get_stanford_models import "
+            "get_stanford_models as g; g()'` once with network access (or copy stanford-corenlp-3.6.0.jar and "
+            "-models.jar into pycocoevalcap/spice/lib), or evaluate without SPICE (spice=False)")
+    from pycocoevalcap.bleu.bleu import Bleu
+    from pycocoevalcap.cider.cider import Cider
+    from pycocoevalcap.meteor.meteor import Meteor
+    from pycocoevalcap.rouge.rouge import Rouge
+    from pycocoevalcap.tokenizer.ptbtokenizer import PTBTokenizer
+
+    results, gt = _load(results), _load(ground_truth)
+    gts_by_img: dict[int, list[dict]] = {}
+    for a in gt["annotations"]:
+        gts_by_img.setdefault(a["image_id"], []).append(a)
+    res_by_img: dict[int, list[dict]] = {}
+    for r in results:
+        res_by_img.setdefault(r["image_id"], []).append({"image_id": r["image_id"], "caption": r["caption"]})
+    img_ids = sorted(res_by_img)  # pycocotools getImgIds order (ids of the results)
+    unknown = [i for i in img_ids if i not in gts_by_img]
+    if unknown:
+        raise ValueError(f"{len(unknown)} result image ids have no ground truth, e.g. {unknown[:5]}")
+    tok = PTBTokenizer()
+    gts = tok.tokenize({i: gts_by_img[i] for i in img_ids})
+    res = tok.tokenize({i: res_by_img[i] for i in img_ids})
+    scorers = [(Bleu(4), ["Bleu_1", "Bleu_2", "Bleu_3", "Bleu_4"]), (Meteor(), ["METEOR"]), (Rouge(), ["ROUGE_L"]),
+               (Cider(), ["CIDEr"])]
+    if spice:
+        from pycocoevalcap.spice.spice import Spice
+
+        scorers.append((Spice(), ["SPICE"]))
+    out: dict[str, float] = {}
+    for scorer, names in scorers:
+        score, _ = scorer.compute_score(gts, res)
+        for name, value in zip(names, score if isinstance(score, list) else [score]):
+            out[name] = float(value)
+        if hasattr(scorer, "close"):
+            scorer.close()
+    return out
+
+
+# ---------------------------------------------------------------------------------------------
+# Generation
+
+
+def prompt_ids(tokenizer, prompt: str = PROMPT) -> np.ndarray:
+    """(1, T) int32: the tokenised prompt ([CLS] ... [SEP]); `generate` turns [CLS] into bos and
+    drops [SEP]."""
+    ids = tokenizer([prompt], return_tensors="np")["input_ids"]
+    return np.asarray(ids, np.int32)
+
+
+def strip_prompt(text: str, prompt: str = PROMPT) -> str:
+    """BLIP: ``caption[len(prompt):]`` of the decoded text (the decode ends the prompt with its word,
+    then a space, so the slice cuts exactly the prompt)."""
+    return text[len(prompt):] if prompt else text
+
+
+def generate_captions(model, image_batches: Iterable[dict], tokenizer, image_ids: Sequence[int], *,
+                      prompt: str = PROMPT, num_beams: int = 3, max_length: int = 20, min_length: int = 5,
+                      **generate_kwargs) -> list[dict]:
+    """Caption every image of the eval batches (``pixel_values`` (B, H, W, 3), ``mask`` (B,),
+    ``index`` (B,)); image_ids[index] is the id reported. Each process captions its own share; the
+    token ids are gathered so that every process returns all results, sorted by index."""
+    from blip_jax.evaluation.retrieval import to_host
+
+    p_ids = prompt_ids(tokenizer, prompt) if prompt else None
+    tokens_l, index_l = [], []
+    for batch in image_batches:
+        out = np.asarray(model.generate(batch["pixel_values"], input_ids=p_ids, num_beams=num_beams,
+                                        max_length=max_length, min_length=min_length, **generate_kwargs))
+        fixed = np.zeros((out.shape[0], max_length), np.int32)  # fixed width for the cross-process gather
+        fixed[:, : out.shape[1]] = out[:, :max_length]
+        keep = np.asarray(batch["mask"]).astype(bool)
+        tokens_l.append(fixed)
+        index_l.append(np.where(keep, np.asarray(batch["index"]), -1).astype(np.int32))
+    tokens, index = _gather_processes(np.concatenate(tokens_l), np.concatenate(index_l), to_host)
+    results = {}
+    for row, i in zip(tokens, index):
+        if i >= 0:
+            text = tokenizer.decode(row.tolist(), skip_special_tokens=True)
+            results[int(i)] = {"image_id": int(image_ids[int(i)]), "caption": strip_prompt(text, prompt)}
+    return [results[i] for i in sorted(results)]
+
+
+def _gather_processes(tokens: np.ndarray, index: np.ndarray, to_host):
+    import jax
+
+    if jax.process_count() == 1:
+        return tokens, index
+    from jax.experimental import multihost_utils
+
+    return (np.asarray(multihost_utils.process_allgather(tokens, tiled=True)),
+            np.asarray(multihost_utils.process_allgather(index, tiled=True)))
+
+
+def evaluate_captioning(model, image_batches: Iterable[dict], records: Sequence[dict], tokenizer, workdir: str, *,
+                        ground_truth=None, name: str = "caption", step: int | None = None, spice: bool = False,
+                        **generate_kwargs) -> dict[str, float]:
+    """Generate, write ``<workdir>/<name>_results[_step<N>].json`` (+ the ground truth if built from
+    `records`), score, write ``<name>_metrics[...].json``; returns the metrics."""
+    import jax
+
+    ids = [coco_image_id(r) for r in records]
+    results = generate_captions(model, image_batches, tokenizer, ids, **generate_kwargs)
+    gt = ground_truth if ground_truth is not None else coco_ground_truth(records)
+    suffix = "" if step is None else f"_step{step}"
+    metrics = score_captions(results, gt, spice=spice)
+    metrics["num_images"] = float(len(results))
+    if jax.process_index() == 0:
+        os.makedirs(workdir, exist_ok=True)
+        _dump(results, os.path.join(workdir, f"{name}_results{suffix}.json"))
+        if ground_truth is None:
+            _dump(gt, os.path.join(workdir, f"{name}_gt.json"))
+        _dump(metrics, os.path.join(workdir, f"{name}_metrics{suffix}.json"))
+    return metrics
+
+
+def _dump(obj, path: str) -> None:
+    tmp = path + ".tmp"
+    with open(tmp, "w", encoding="utf-8") as f:
+        json.dump(obj, f, indent=1)
+    os.replace(tmp, path)

@@ -62,15 +62,16 @@ def split_model(model):
     return graphdef, params, rest, momentum_graphdef, ema
 
 
-def create_train_state(params, rest, ema, tx, rng: jax.Array, queue_size: int, embed_dim: int) -> TrainState:
-    """A fresh state at step 0 (jit this with out_shardings to build it directly on the mesh)."""
+def create_train_state(params, rest, ema, tx, rng: jax.Array, queue_size: int = 0, embed_dim: int = 0) -> TrainState:
+    """A fresh state at step 0 (jit this with out_shardings to build it directly on the mesh).
+    ``queue_size`` 0 means no feature queues (objectives without ITC)."""
     rng, queue_rng = jax.random.split(rng)
     return TrainState(
         step=jnp.zeros((), jnp.int32),
         params=params,
         rest=rest,
         ema=ema,
-        queues=init_queues(queue_rng, queue_size, embed_dim),
+        queues=init_queues(queue_rng, queue_size, embed_dim) if queue_size else None,
         opt_state=tx.init(params),
         rng=rng,
     )

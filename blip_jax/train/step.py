@@ -140,3 +140,33 @@ def make_train_step(graphdef, momentum_graphdef, tx: optax.GradientTransformatio
 
     return train_step
 
+
+
+def caption_loss(model, batch, label_smoothing: float, bos_token_id: int):
+    """Captioning fine-tune loss on BlipForConditionalGeneration: [DEC] first, pads and prompt tokens
+    (batch["prompt_length"], e.g. "a picture of ") ignored, label smoothing as in BLIP."""
+    ids, mask = batch["input_ids"], batch["attention_mask"]
+    dec_ids, labels = obj.lm_targets(ids, mask, bos_token_id, batch.get("prompt_length", 0))
+    image_states = model.vision_model(batch["pixel_values"], deterministic=False).last_hidden_state
+    logits = model.text_decoder(dec_ids, mask, encoder_hidden_states=image_states, deterministic=False).logits
+    loss = obj.lm_loss(logits, labels, label_smoothing)
+    return loss, {"loss": loss, "loss_lm": loss}
+
+
+def make_supervised_step(graphdef, tx: optax.GradientTransformation, schedule, loss_fn):
+    """A plain step for single-model objectives (captioning, VQA): ``loss_fn(model, batch) ->
+    (loss, metrics)``. The state's ``ema`` and ``queues`` are unused (None)."""
+
+    def train_step(state: TrainState, batch: dict) -> tuple[TrainState, dict]:
+        def loss_of(p):
+            m = nnx.merge(graphdef, p, state.rest)
+            loss, metrics = loss_fn(m, batch)
+            return loss, (metrics, nnx.state(m, nnx.Not(nnx.Param)))
+
+        grads, (metrics, rest) = jax.grad(loss_of, has_aux=True)(state.params)
+        updates, opt_state = tx.update(grads, state.opt_state, state.params)
+        params = optax.apply_updates(state.params, updates)
+        metrics = {**metrics, "grad_norm": optax.global_norm(grads), "lr": schedule(state.step)}
+        return dataclasses.replace(state, step=state.step + 1, params=params, rest=rest, opt_state=opt_state), metrics
+
+    return train_step

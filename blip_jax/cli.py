@@ -11,6 +11,7 @@ COMMANDS = {
     "data": ("blip_jax.data.cli", "main", "prepare / convert / inspect datasets (embedded, ArrayRecord)"),
     "caption": ("blip_jax.caption_cli", "main", "caption images with a BLIP checkpoint"),
     "convert": ("blip_jax.checkpoints.cli", "main", "convert HF / Salesforce checkpoints"),
+    "eval": ("blip_jax.evaluation.cli", "main", "retrieval / captioning / VQA evaluation of a checkpoint"),
 }
 
 

@@ -1,0 +1,220 @@
+"""`blip-jax eval --config configs/<file>.py[:arg] --checkpoint PATH [--workdir DIR] [--config.key=value]`.
+
+Runs every evaluator in ``config.evals`` (big_vision style)::
+
+    c.evals.coco_ret = dict(type="retrieval", data=<DatasetSpec dict or "embedded:test">, image_size=384,
+                            batch_size=64, k_test=256, max_len=35, every_n_steps=0)
+    c.evals.coco_cap = dict(type="caption", data=..., prompt="a picture of ", num_beams=3, max_length=20,
+                            min_length=5, spice=False, ground_truth="")   # "" = built from the annotations
+    c.evals.vqa = dict(type="vqa", data=..., answer_list=PATH, method="rank" | "generate", k_test=128)
+
+``--checkpoint``: an HF-format folder (config.json + weights) loaded as the class each evaluator needs
+(BlipForImageTextRetrieval / BlipForConditionalGeneration / BlipForQuestionAnswering), or the
+``export/`` folder of a training run (its ``retrieval/`` and ``captioning/`` subfolders are used).
+Results and ``<name>_metrics.json`` go to ``--workdir`` (default: the checkpoint folder's
+``eval/``); all metrics also to ``eval_metrics.json``.
+
+The training loop calls `run_evals` for periodic evaluation (`due` says which evaluators are due).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+import time
+
+log = logging.getLogger("blip_jax.eval")
+
+MODEL_CLASSES = {"retrieval": "BlipForImageTextRetrieval", "caption": "BlipForConditionalGeneration",
+                 "vqa": "BlipForQuestionAnswering"}
+EXPORT_SUBFOLDERS = {"retrieval": "retrieval", "caption": "captioning", "vqa": "vqa"}
+
+
+def _as_dict(x) -> dict:
+    return x.to_dict() if hasattr(x, "to_dict") else dict(x)
+
+
+def embedded_eval_spec(split: str, root: str) -> dict:
+    """'test' | 'val' | 'vqa_test' of the embedded dataset -> a DatasetSpec dict."""
+    img, ann = os.path.join(root, "images"), os.path.join(root, "annotations")
+    if split in ("val", "test"):
+        return dict(name=f"coco_{split}", format="coco_karpathy", split=split, image_root=img,
+                    paths=[os.path.join(ann, f"coco_karpathy_{split}.json")])
+    if split == "vqa_test":
+        return dict(name="vqa_test", format="vqa", split="test", image_root=img,
+                    paths=[os.path.join(ann, "vqa_test.json")])
+    raise ValueError(f"unknown embedded eval split {split!r} (val, test, vqa_test)")
+
+
+def resolve_spec(data, data_root: str | None) -> dict:
+    if isinstance(data, str):
+        kind, _, split = data.partition(":")
+        if kind != "embedded" or not data_root:
+            raise ValueError(f"eval data {data!r}: strings must be 'embedded:<split>' with an embedded dataset")
+        return embedded_eval_spec(split, data_root)
+    return _as_dict(data)
+
+
+def due(config_evals, step: int) -> list[str]:
+    """Names of the evaluators whose every_n_steps divides `step` (0 / missing = never periodic)."""
+    out = []
+    for name, ev in _as_dict(config_evals).items():
+        every = int(_as_dict(ev).get("every_n_steps", 0) or 0)
+        if every > 0 and step > 0 and step % every == 0:
+            out.append(name)
+    return out
+
+
+def run_evals(config_evals, models: dict, tokenizer, mesh, workdir: str, *, step: int | None = None,
+              data_root: str | None = None, names: list[str] | None = None) -> dict[str, float]:
+    """Run the evaluators in `config_evals` (all, or `names`) -> {"<name>/<metric>": value}.
+
+    models: {"retrieval": BlipForImageTextRetrieval, "caption": BlipForConditionalGeneration,
+    "vqa": BlipForQuestionAnswering} (only the types used are needed). Each process reads its strided
+    share of the data (eval_pipeline: padded, masked batches, every sample once); results and
+    metrics JSON are written to `workdir` (suffix ``_step<N>`` when `step` is given)."""
+    from blip_jax.data import annotations as ann
+    from blip_jax.data import pipelines as pl
+
+    evals = _as_dict(config_evals)
+    out: dict[str, float] = {}
+    for name in names or list(evals):
+        ev = _as_dict(evals[name])
+        kind = ev["type"]
+        if kind not in MODEL_CLASSES:
+            raise ValueError(f"evals.{name}.type must be one of {sorted(MODEL_CLASSES)}, got {kind!r}")
+        if kind not in models:
+            raise ValueError(f"evals.{name}: no {MODEL_CLASSES[kind]} model given")
+        model = models[kind]
+        spec = pl.DatasetSpec.from_any(resolve_spec(ev["data"], data_root))
+        opts = pl.LoaderOptions(batch_size=int(ev.get("batch_size", 32)), num_threads=int(ev.get("num_threads", 4)))
+        image_size = int(ev.get("image_size", model.config.vision_config.image_size))
+        t0 = time.time()
+        if kind == "retrieval":
+            from blip_jax.evaluation.retrieval import evaluate_retrieval
+
+            records, _ = pl.open_source(spec)
+            texts, txt2img, img2txt = pl.retrieval_eval_texts(records, int(ev.get("max_words", 30)))
+            res = evaluate_retrieval(
+                model, pl.eval_pipeline(list(records), opts, image_size=image_size), texts, txt2img, img2txt,
+                mesh, tokenizer=tokenizer, k_test=int(ev.get("k_test", 256)), max_len=int(ev.get("max_len", 35)),
+                text_batch_size=int(ev.get("text_batch_size", 128)),
+                rerank_batch_size=int(ev.get("rerank_batch_size", 8)))
+            metrics = dict(res.metrics)
+            _write(workdir, name, step, metrics, extra={"timings": res.timings})
+        elif kind == "caption":
+            from blip_jax.evaluation.captioning import PROMPT, evaluate_captioning
+
+            records, _ = pl.open_source(spec)
+            metrics = evaluate_captioning(
+                model, pl.eval_pipeline(list(records), opts, image_size=image_size), records, tokenizer, workdir,
+                ground_truth=ev.get("ground_truth") or None, name=name, step=step, spice=bool(ev.get("spice", False)),
+                prompt=ev.get("prompt", PROMPT), num_beams=int(ev.get("num_beams", 3)),
+                max_length=int(ev.get("max_length", 20)), min_length=int(ev.get("min_length", 5)))
+        else:
+            from blip_jax.evaluation.vqa import evaluate_vqa, raw_answers
+
+            path = ev.get("answer_list") or ""
+            if path == "embedded" and data_root:
+                path = os.path.join(data_root, "annotations", "answer_list.json")
+            answer_list = ann.load_answer_list(path) if path else None
+            batches = pl.eval_pipeline(spec, opts, image_size=image_size, tokenizer=tokenizer, vqa=True,
+                                       question_max_len=int(ev.get("question_max_len", 35)))
+            metrics = evaluate_vqa(
+                model, batches, tokenizer, mesh, workdir, name=name, step=step, gt_answers=raw_answers(spec.paths),
+                method=ev.get("method", "rank"), answer_list=answer_list, k_test=int(ev.get("k_test", 128)),
+                num_beams=int(ev.get("num_beams", 3)), max_length=int(ev.get("max_length", 10)),
+                min_length=int(ev.get("min_length", 1)))
+        metrics["seconds"] = time.time() - t0
+        log.info("eval %s (%s): %s", name, kind, {k: round(v, 4) for k, v in metrics.items()})
+        out.update({f"{name}/{k}": float(v) for k, v in metrics.items()})
+    return out
+
+
+def _write(workdir: str, name: str, step: int | None, metrics: dict, extra: dict | None = None) -> None:
+    import jax
+
+    from blip_jax.evaluation.captioning import _dump
+
+    if jax.process_index() == 0:
+        os.makedirs(workdir, exist_ok=True)
+        suffix = "" if step is None else f"_step{step}"
+        _dump({**metrics, **(extra or {})}, os.path.join(workdir, f"{name}_metrics{suffix}.json"))
+
+
+def load_models(checkpoint: str, kinds: set[str], dtype: str | None = None) -> dict:
+    import blip_jax
+
+    models = {}
+    for kind in kinds:
+        path = checkpoint
+        sub = os.path.join(checkpoint, EXPORT_SUBFOLDERS[kind])
+        if not os.path.exists(os.path.join(checkpoint, "config.json")) and os.path.isdir(sub):
+            path = sub
+        cls = getattr(blip_jax, MODEL_CLASSES[kind])
+        models[kind] = cls.from_pretrained(path, **({"dtype": dtype} if dtype else {}))
+    return models
+
+
+def load_eval_tokenizer(cfg, checkpoint: str, data_root: str | None):
+    from blip_jax.processing.tokenization import WordPieceTokenizer, load_tokenizer
+
+    path = cfg.get("tokenizer", {}).get("path", "") if "tokenizer" in cfg else ""
+    if not path:
+        if data_root:
+            path = os.path.join(data_root, "vocab.txt")
+        else:
+            path = checkpoint
+    if os.path.isfile(path) and path.endswith(".txt"):
+        return WordPieceTokenizer.from_vocab_file(path)
+    return load_tokenizer(path)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="blip-jax eval", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--config", required=True, help="config file, optionally with :arg")
+    parser.add_argument("--checkpoint", required=True, help="HF-format folder (or a training run's export/)")
+    parser.add_argument("--workdir", default="", help="where results and metrics go")
+    parser.add_argument("--log-level", default="INFO")
+    args, overrides = parser.parse_known_args(argv)
+    bad = [o for o in overrides if not o.startswith("--config.")]
+    if bad:
+        parser.error(f"unrecognised arguments: {' '.join(bad)} (overrides look like --config.evals.x.k_test=16)")
+    logging.basicConfig(level=args.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+                        stream=sys.stderr)
+    for noisy in ("absl", "orbax", "jax._src"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+
+    from blip_jax.config_loader import load_config
+    from blip_jax.train.mesh import make_mesh
+
+    cfg = load_config(args.config, overrides)
+    if "evals" not in cfg or not _as_dict(cfg.evals):
+        parser.error(f"{args.config} has no config.evals")
+    workdir = args.workdir or os.path.join(args.checkpoint, "eval")
+    data_root = None
+    if "data" in cfg and cfg.data.get("embedded", False):
+        from blip_jax.train.loop import ensure_embedded_dataset
+
+        data_root = ensure_embedded_dataset(cfg, workdir)
+    kinds = {_as_dict(ev)["type"] for ev in _as_dict(cfg.evals).values()}
+    models = load_models(args.checkpoint, kinds, cfg.get("dtype") or None)
+    tokenizer = load_eval_tokenizer(cfg, args.checkpoint, data_root)
+    mesh = make_mesh(_as_dict(cfg.mesh) if "mesh" in cfg else None)
+    metrics = run_evals(cfg.evals, models, tokenizer, mesh, workdir, data_root=data_root)
+    import jax
+
+    if jax.process_index() == 0:
+        with open(os.path.join(workdir, "eval_metrics.json"), "w") as f:
+            json.dump(metrics, f, indent=1)
+    for k, v in sorted(metrics.items()):
+        print(f"{k:<40} {v:10.4f}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

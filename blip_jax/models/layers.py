@@ -70,11 +70,13 @@ def layer_norm(features: int, eps: float, *, dtype, param_dtype, rngs: nnx.Rngs)
     )
 
 
-def resolve_attention_implementation(name: str, dtype) -> str | None:
-    """'auto' picks cuDNN flash attention on GPU for 16-bit compute, XLA elsewhere."""
+def resolve_attention_implementation(name: str, dtype, masked: bool = False) -> str | None:
+    """'auto' picks cuDNN flash attention on GPU for unmasked 16-bit attention (the ViT), XLA
+    elsewhere; masked text attention and decoding with a cache stay on XLA unless asked for."""
     if name == "auto":
         on_gpu = jax.default_backend() == "gpu"
-        return "cudnn" if on_gpu and as_dtype(dtype) in (jnp.bfloat16, jnp.float16) else None
+        fused = on_gpu and not masked and as_dtype(dtype) in (jnp.bfloat16, jnp.float16)
+        return "cudnn" if fused else None
     return None if name == "xla" else name
 
 
@@ -172,7 +174,7 @@ class Attention(nnx.Module):
                 k.astype(q.dtype),
                 v.astype(q.dtype),
                 mask=mask,
-                implementation=resolve_attention_implementation(self.implementation, q.dtype),
+                implementation=resolve_attention_implementation(self.implementation, q.dtype, mask is not None),
             )
         y = y.reshape(b, t, -1)
         return self.out(y), cache

@@ -501,8 +501,9 @@ def generate_captions(
     min_length, min_new_tokens, num_beams, do_sample, top_p, top_k, temperature, repetition_penalty,
     length_penalty, num_return_sequences, early_stopping (HF names and defaults).
 
-    Returns int32 (B * num_return_sequences, L_out): bos, prompt, generated tokens, eos, then
-    padding; L_out is the longest sequence in the batch.
+    Returns int32 (B * num_return_sequences, L_out), rows image-major: bos, prompt, generated
+    tokens, eos, then padding (pad_token_id; beam search uses HF's fill value, which is eos when
+    pad_token_id is 0); L_out is the longest sequence in the batch, as HF trims.
     """
     tc = model.config.text_config
     b = pixel_values.shape[0]

@@ -173,7 +173,8 @@ def test_padded_prompts_match_hf(caption_models):
 def test_vqa_matches_hf(vqa_models, kw):
     hf, ours = vqa_models
     pixels = _pixels(5)
-    question = np.array([[1, 31, 32, 33, 34, EOS], [1, 41, 42, EOS, 0, 0], [1, 51, 52, 53, EOS, 0], [1, 8, EOS, 0, 0, 0]])
+    question = np.array([[1, 31, 32, 33, 34, EOS], [1, 41, 42, EOS, 0, 0], [1, 51, 52, 53, EOS, 0],
+                         [1, 8, EOS, 0, 0, 0]])  # right-padded: the answer decoder still sees every column
     mask = (question != 0).astype(np.int64)
     ref = _hf(hf.generate, input_ids=torch.from_numpy(question), pixel_values=_nchw(pixels),
               attention_mask=torch.from_numpy(mask), **kw)

@@ -23,6 +23,7 @@ D_v vision width, L text length, E embedding width, Q queries per rerank chunk, 
 from __future__ import annotations
 
 import dataclasses
+import functools
 import logging
 import math
 import time
@@ -174,6 +175,66 @@ def _block(x):
     return x
 
 
+@functools.lru_cache(maxsize=16)
+def _compiled(static_gd, rows, k_i2t: int, k_t2i: int, q: int) -> dict:
+    """jit-compiled pieces for one model structure / mesh / k / chunk size, cached across calls so
+    that periodic evaluation compiles once (jax's own cache keys on shapes within each)."""
+    graphdef = static_gd.graphdef
+
+    @jax.jit
+    def embed_images(state, pixel_values):
+        m = nnx.merge(graphdef, state)
+        image_states = m.vision_model(pixel_values).last_hidden_state
+        return image_states, m.image_features(image_states)
+
+    @jax.jit
+    def gather_images(states_l, feats_l, perm, present):
+        st, ft = jnp.concatenate(states_l), jnp.concatenate(feats_l)
+        st = jnp.where(present[:, None, None], st[perm], 0)
+        ft = jnp.where(present[:, None], ft[perm], 0)
+        return jax.lax.with_sharding_constraint(st, rows), jax.lax.with_sharding_constraint(ft, rows)
+
+    @jax.jit
+    def embed_texts(state, ids, mask):
+        return nnx.merge(graphdef, state).text_features(ids, mask)
+
+    @jax.jit
+    def similarity(img_feats, txt_feats, img_ok, txt_ok):
+        sim = jnp.einsum("ie,te->it", img_feats, txt_feats, preferred_element_type=jnp.float32)
+        neg = jnp.float32(-jnp.inf)
+        sim_i2t = jnp.where(txt_ok[None, :], sim, neg)
+        sim_t2i = jnp.where(img_ok[None, :], sim.T, neg)
+        sim_i2t = jax.lax.with_sharding_constraint(sim_i2t, rows)
+        sim_t2i = jax.lax.with_sharding_constraint(sim_t2i, rows)
+        v_i, i_i = jax.lax.top_k(sim_i2t, k_i2t)
+        v_t, i_t = jax.lax.top_k(sim_t2i, k_t2i)
+        return sim_i2t, (v_i, i_i), (v_t, i_t)
+
+    def chunk(x, start):
+        return jax.lax.with_sharding_constraint(jax.lax.dynamic_slice_in_dim(x, start, q), rows)
+
+    @jax.jit
+    def rerank_i2t(state, img_states, top_v, top_i, txt_ids, txt_mask, start):
+        m = nnx.merge(graphdef, state)
+        st, v, i = chunk(img_states, start), chunk(top_v, start), chunk(top_i, start)
+        cand_ids = txt_ids[i].reshape(q * k_i2t, -1)  # query-major rows: the ITM folds K rows per image
+        cand_mask = txt_mask[i].reshape(q * k_i2t, -1)
+        logits, _ = m.itm_logits(cand_ids, st, cand_mask)
+        return logits[:, 1].reshape(q, k_i2t) + v
+
+    @jax.jit
+    def rerank_t2i(state, img_states, top_v, top_i, txt_ids, txt_mask, start):
+        m = nnx.merge(graphdef, state)
+        v, i = chunk(top_v, start), chunk(top_i, start)
+        ids, mask = chunk(txt_ids, start), chunk(txt_mask, start)
+        cand_states = img_states[i].reshape(q * k_t2i, *img_states.shape[1:])
+        logits, _ = m.itm_logits(jnp.repeat(ids, k_t2i, axis=0), cand_states, jnp.repeat(mask, k_t2i, axis=0))
+        return logits[:, 1].reshape(q, k_t2i) + v
+
+    return dict(embed_images=embed_images, gather_images=gather_images, embed_texts=embed_texts,
+                similarity=similarity, rerank_i2t=rerank_i2t, rerank_t2i=rerank_t2i)
+
+
 def evaluate_retrieval(
     model,
     image_batches: Iterable[dict],
@@ -208,15 +269,19 @@ def evaluate_retrieval(
     rep = NamedSharding(mesh, P())
     graphdef, state = split_model(model, mesh)
     n_img = num_images if num_images is not None else len(img2txt)
+    n_txt = len(texts[0]) if isinstance(texts, tuple) else len(texts)
+    k_i2t, k_t2i = min(k_test, n_txt), min(k_test, n_img)
+    if k_i2t < 1 or k_t2i < 1:
+        raise ValueError("need at least one image and one text")
+    q = _round_up(rerank_batch_size, dp)
+    from blip_jax.generation import _StaticGraphDef
+
+    fns = _compiled(_StaticGraphDef(graphdef, model), rows, k_i2t, k_t2i, q)
+    embed_images, gather_images, embed_texts = fns["embed_images"], fns["gather_images"], fns["embed_texts"]
+    similarity, rerank_i2t, rerank_t2i = fns["similarity"], fns["rerank_i2t"], fns["rerank_t2i"]
 
     # ---- images: states + features, in pipeline order, then annotation order ------------------
     from blip_jax.data.distributed import make_global_batch
-
-    @jax.jit
-    def embed_images(state, pixel_values):
-        m = nnx.merge(graphdef, state)
-        image_states = m.vision_model(pixel_values).last_hidden_state
-        return image_states, m.image_features(image_states)
 
     t0 = time.perf_counter()
     states_l, feats_l, index_l, mask_l = [], [], [], []
@@ -239,13 +304,6 @@ def evaluate_retrieval(
     perm[index[valid]] = np.nonzero(valid)[0]
     present[index[valid]] = True
 
-    @jax.jit
-    def gather_images(states_l, feats_l, perm, present):
-        st, ft = jnp.concatenate(states_l), jnp.concatenate(feats_l)
-        st = jnp.where(present[:, None, None], st[perm], 0)
-        ft = jnp.where(present[:, None], ft[perm], 0)
-        return jax.lax.with_sharding_constraint(st, rows), jax.lax.with_sharding_constraint(ft, rows)
-
     img_states, img_feats = _block(gather_images(states_l, feats_l, put_global(perm, rep), put_global(present, rep)))
     del states_l, feats_l
     timings["embed_images"] = time.perf_counter() - t0
@@ -265,10 +323,6 @@ def evaluate_retrieval(
     ids_p[n_txt:, 0] = ids[0, 0] if n_txt else 0
     tmask_p[n_txt:, 0] = 1  # padding texts: one attended token, so no row is fully masked
 
-    @jax.jit
-    def embed_texts(state, ids, mask):
-        return nnx.merge(graphdef, state).text_features(ids, mask)
-
     txt_feats = []
     for c in range(0, n_txt_pad, tb):
         txt_feats.append(embed_texts(state, put_global(ids_p[c:c + tb], rows), put_global(tmask_p[c:c + tb], rows)))
@@ -277,52 +331,14 @@ def evaluate_retrieval(
     timings["embed_texts"] = time.perf_counter() - t0
 
     # ---- similarity + top-k ---------------------------------------------------------------------
-    k_i2t, k_t2i = min(k_test, n_txt), min(k_test, n_img)
-    if k_i2t < 1 or k_t2i < 1:
-        raise ValueError("need at least one image and one text")
     t0 = time.perf_counter()
     txt_valid = np.arange(n_txt_pad) < n_txt
-
-    @jax.jit
-    def similarity(img_feats, txt_feats, img_ok, txt_ok):
-        sim = jnp.einsum("ie,te->it", img_feats, txt_feats, preferred_element_type=jnp.float32)
-        neg = jnp.float32(-jnp.inf)
-        sim_i2t = jnp.where(txt_ok[None, :], sim, neg)
-        sim_t2i = jnp.where(img_ok[None, :], sim.T, neg)
-        sim_i2t = jax.lax.with_sharding_constraint(sim_i2t, rows)
-        sim_t2i = jax.lax.with_sharding_constraint(sim_t2i, rows)
-        v_i, i_i = jax.lax.top_k(sim_i2t, k_i2t)
-        v_t, i_t = jax.lax.top_k(sim_t2i, k_t2i)
-        return sim_i2t, (v_i, i_i), (v_t, i_t)
 
     sim_i2t, (top_v_i2t, top_i_i2t), (top_v_t2i, top_i_t2i) = _block(similarity(
         img_feats, txt_feats, put_global(present, rep), put_global(txt_valid, rep)))
     timings["similarity_topk"] = time.perf_counter() - t0
 
     # ---- ITM rerank, fixed-size query chunks ----------------------------------------------------
-    q = _round_up(rerank_batch_size, dp)
-
-    def chunk(x, start):
-        return jax.lax.with_sharding_constraint(jax.lax.dynamic_slice_in_dim(x, start, q), rows)
-
-    @jax.jit
-    def rerank_i2t(state, img_states, top_v, top_i, txt_ids, txt_mask, start):
-        m = nnx.merge(graphdef, state)
-        st, v, i = chunk(img_states, start), chunk(top_v, start), chunk(top_i, start)
-        cand_ids = txt_ids[i].reshape(q * k_i2t, -1)  # query-major rows: the ITM folds K rows per image
-        cand_mask = txt_mask[i].reshape(q * k_i2t, -1)
-        logits, _ = m.itm_logits(cand_ids, st, cand_mask)
-        return logits[:, 1].reshape(q, k_i2t) + v
-
-    @jax.jit
-    def rerank_t2i(state, img_states, top_v, top_i, txt_ids, txt_mask, start):
-        m = nnx.merge(graphdef, state)
-        v, i = chunk(top_v, start), chunk(top_i, start)
-        ids, mask = chunk(txt_ids, start), chunk(txt_mask, start)
-        cand_states = img_states[i].reshape(q * k_t2i, *img_states.shape[1:])
-        logits, _ = m.itm_logits(jnp.repeat(ids, k_t2i, axis=0), cand_states, jnp.repeat(mask, k_t2i, axis=0))
-        return logits[:, 1].reshape(q, k_t2i) + v
-
     t0 = time.perf_counter()
     scores = [rerank_i2t(state, img_states, top_v_i2t, top_i_i2t, txt_ids, txt_mask, s) for s in range(0, n_img, q)]
     s_i2t = np.concatenate([to_host(x) for x in scores])[:n_img]

@@ -169,15 +169,20 @@ class Attention(nnx.Module):
         if use_dropout:
             y = self._attention_with_dropout(q, k.astype(q.dtype), v.astype(q.dtype), mask)
         else:
-            y = jax.nn.dot_product_attention(
-                q,
-                k.astype(q.dtype),
-                v.astype(q.dtype),
-                mask=mask,
-                implementation=resolve_attention_implementation(self.implementation, q.dtype, mask is not None),
-            )
+            y = self._fused_attention(q, k.astype(q.dtype), v.astype(q.dtype), mask)
         y = y.reshape(b, t, -1)
         return self.out(y), cache
+
+    def _fused_attention(self, q, k, v, mask):
+        impl = resolve_attention_implementation(self.implementation, q.dtype, mask is not None)
+        if impl == "cudnn" and self.implementation == "auto":
+            # cuDNN flash attention refuses some shapes (e.g. ViT-B/16 at 224: 197 tokens) at trace
+            # time; 'auto' then falls back to XLA instead of failing.
+            try:
+                return jax.nn.dot_product_attention(q, k, v, mask=mask, implementation="cudnn")
+            except (NotImplementedError, ValueError):
+                impl = None
+        return jax.nn.dot_product_attention(q, k, v, mask=mask, implementation=impl)
 
     def _attention_with_dropout(self, q, k, v, mask):
         # Dropout on attention probabilities needs the probabilities, so no fused kernel here.

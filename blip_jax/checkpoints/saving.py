@@ -5,18 +5,19 @@ from __future__ import annotations
 import os
 
 import numpy as np
-from flax import nnx
 
 from blip_jax.checkpoints import hf
 from blip_jax.checkpoints.io import SAFE_WEIGHTS, write_safetensors
+from blip_jax.checkpoints.loading import variable_at
 
 
 def to_hf_state_dict(model) -> dict[str, np.ndarray]:
     """Our parameters under transformers' key names and layouts (float32 for 16-bit params)."""
-    params = dict(nnx.to_flat_state(nnx.state(model, nnx.Param)))
     out = {}
     for rule in hf.rules_for(model):
-        values = [np.asarray(params[p][...]) for p in rule.paths]
+        # Attribute walk, not the split state: a parameter shared by two submodules (pretraining's
+        # encoder/decoder) is written under both HF names.
+        values = [np.asarray(variable_at(model, p)[...]) for p in rule.paths]
         values = [v.astype(np.float32) if v.dtype != np.float32 and v.dtype.kind == "f" else v for v in values]
         for key, value in zip(rule.hf_keys, rule.to_hf(values), strict=True):
             out[key] = value

@@ -318,7 +318,7 @@ def export_hf(graphdef, state, config: BlipConfig, out_dir: str) -> None:
     BlipForConditionalGeneration (captioning) folders that transformers and we load."""
     from flax import nnx
 
-    from blip_jax.models.blip import BlipForConditionalGeneration, BlipForImageTextRetrieval
+    from blip_jax.models.blip import BlipForConditionalGeneration, BlipForImageTextRetrieval, BlipForQuestionAnswering
 
     model = nnx.merge(graphdef, jax.device_get(state.params), jax.device_get(state.rest))
     retrieval = BlipForImageTextRetrieval(config, rngs=nnx.Rngs(0))
@@ -329,8 +329,13 @@ def export_hf(graphdef, state, config: BlipConfig, out_dir: str) -> None:
     captioner.vision_model = model.vision_model
     captioner.text_decoder = model.text_decoder
     captioner.save_pretrained(os.path.join(out_dir, "captioning"))
+    # VQA starts from the image-grounded encoder (question) and the decoder (answers), as BLIP_VQA does.
+    vqa = BlipForQuestionAnswering(config, rngs=nnx.Rngs(0))
+    vqa.vision_model, vqa.text_encoder, vqa.text_decoder = model.vision_model, model.text_encoder, model.text_decoder
+    vqa.save_pretrained(os.path.join(out_dir, "vqa"))
     with open(os.path.join(out_dir, "README.txt"), "w") as f:
-        f.write("HF-format exports of the trained BLIP weights: retrieval/ (ITC+ITM) and captioning/ (LM).\n")
+        f.write("HF-format exports of the trained BLIP weights: retrieval/ (ITC+ITM), captioning/ (LM) and "
+                "vqa/ (question encoder + answer decoder: the start of VQA fine-tuning).\n")
     log.info("exported HF-format models to %s", out_dir)
 
 

@@ -38,8 +38,13 @@ def base_config() -> ml_collections.ConfigDict:
     ))
     c.objective = ml_collections.ConfigDict(dict(
         itc_weight=1.0, itm_weight=1.0, lm_weight=1.0, momentum=0.995, alpha=0.4, alpha_ramp_epochs=2.0,
-        label_smoothing=0.1, queue_size=57600, use_image_ids=False,
+        label_smoothing=0.1, queue_size=57600, use_image_ids=False, prompt="a picture of ",
     ))
+    # Periodic evaluation (big_vision style): evals.<name> = {type, data, every_n_steps, ...}, see
+    # blip_jax/evaluation/cli.py; best_metric (e.g. "retrieval/r_mean") keeps the best checkpoint.
+    c.evals = ml_collections.ConfigDict()
+    c.best_metric = ""
+    c.best_mode = "max"
     c.optimizer = default_optimizer()
     c.num_epochs = 20
     c.total_steps = 0  # 0 = num_epochs * steps_per_epoch

@@ -66,3 +66,14 @@ def caption_step_flops(config, batch: int, text_length: int, image_size: int | N
     s = (size // vc.patch_size) ** 2 + 1
     fwd = vision_forward_flops(vc, size) + text_forward_flops(tc, text_length, s, vc.hidden_size, lm_head=True)
     return 3 * batch * fwd
+
+
+def vqa_step_flops(config, batch: int, question_length: int, answers_shape, image_size: int | None = None) -> int:
+    """VQA fine-tune step: ViT + grounded question encoder + K answers decoded over the question."""
+    vc, tc = config.vision_config, config.text_config
+    size = image_size or vc.image_size
+    s = (size // vc.patch_size) ** 2 + 1
+    k, la = int(answers_shape[0]), int(answers_shape[1])
+    fwd = vision_forward_flops(vc, size) + text_forward_flops(tc, question_length, s, vc.hidden_size)
+    fwd += k * text_forward_flops(tc, la, question_length, tc.hidden_size, lm_head=True)
+    return 3 * batch * fwd

@@ -22,6 +22,7 @@ import ml_collections
 from blip_jax.configuration import BlipConfig, BlipTextConfig, BlipVisionConfig
 from blip_jax.train import flops as flops_lib
 from blip_jax.train import mesh as mesh_lib
+from blip_jax.train import tasks
 
 log = logging.getLogger("blip_jax.train")
 
@@ -74,6 +75,9 @@ def embedded_specs(names, root: str) -> list[dict]:
                      image_root=images),
         "coco_karpathy_train": dict(name="coco_karpathy_train", format="coco_karpathy",
                                     paths=[os.path.join(ann, "coco_karpathy_train.json")], image_root=images),
+        "vqa_train": dict(name="vqa_train", format="vqa", paths=[os.path.join(ann, "vqa_train.json"),
+                                                                 os.path.join(ann, "vg_qa.json")],
+                          image_root=images, vg_image_root=images),
     }
     specs = []
     for n in names:
@@ -104,37 +108,6 @@ def special_ids(tok) -> dict:
                 eos_token_id=tok.sep_token_id, enc_token_id=tok.enc_token_id)
 
 
-def build_pipeline(cfg, tokenizer, data_root: str | None, per_process_batch: int):
-    from blip_jax.data import pipelines as pl
-
-    d = cfg.data
-    specs = embedded_specs(d.datasets, data_root) if d.embedded else [dict(s) for s in d.datasets]
-    opts = pl.LoaderOptions(batch_size=per_process_batch, seed=cfg.seed, num_workers=d.num_workers,
-                            num_threads=d.num_threads)
-    common = dict(image_size=d.image_size, min_scale=d.min_scale, max_words=d.max_words, max_len=d.max_len,
-                  hflip=d.hflip, randaugment=d.randaugment)
-    if cfg.task == "pretrain":
-        return pl.pretrain_pipeline(specs, tokenizer, opts, **common)
-    if cfg.task == "retrieval":
-        return pl.retrieval_train_pipeline(specs[0], tokenizer, opts, **common)
-    raise ValueError(f"unknown task {cfg.task!r}")
-
-
-def build_model(cfg, config: BlipConfig, seed: int):
-    from flax import nnx
-
-    from blip_jax.models.pretrain import BlipPretrain
-
-    model = BlipPretrain(config, rngs=nnx.Rngs(seed))
-    init = cfg.model.init
-    if init.blip_checkpoint or init.vision_hf or init.text_hf:
-        from blip_jax.checkpoints.init_from import initialise_pretrain_model
-
-        initialise_pretrain_model(model, blip_checkpoint=init.blip_checkpoint, vision_hf=init.vision_hf,
-                                  text_hf=init.text_hf)
-    return model
-
-
 def _scalar_metrics(metrics) -> dict[str, float]:
     return {k: float(v) for k, v in jax.device_get(metrics).items()}
 
@@ -152,14 +125,17 @@ class TrainResult:
 
 def train(cfg: ml_collections.ConfigDict, workdir: str) -> TrainResult:
     """Run (or resume) the job described by ``cfg`` in ``workdir``."""
+    from flax import nnx
+
     from blip_jax.data.distributed import make_global_batch
+    from blip_jax.evaluation.cli import due, run_evals
     from blip_jax.train.checkpointing import Checkpointer
     from blip_jax.train.distributed import maybe_initialize_distributed
     from blip_jax.train.metrics import MetricWriter, measure_matmul_flops, peak_flops_per_device
     from blip_jax.train.optimizer import make_optimizer
     from blip_jax.train.preemption import PreemptionHandler
     from blip_jax.train.state import create_train_state, split_model
-    from blip_jax.train.step import ObjectiveConfig, make_train_step
+    from blip_jax.train.step import ObjectiveConfig, caption_loss, make_supervised_step, make_train_step
 
     maybe_initialize_distributed()
     os.makedirs(workdir, exist_ok=True)
@@ -172,10 +148,14 @@ def train(cfg: ml_collections.ConfigDict, workdir: str) -> TrainResult:
                          f"({jax.process_count()}) and the data-parallel mesh size ({dp})")
     per_process = global_batch // jax.process_count()
 
+    task = tasks.check_task(cfg.task)
     data_root = ensure_embedded_dataset(cfg, workdir) if cfg.data.embedded else None
     tokenizer = load_tokenizer(cfg, data_root)
     config = model_config(cfg, tokenizer.vocab_size, special_ids(tokenizer))
-    pipeline = build_pipeline(cfg, tokenizer, data_root, per_process)
+    if task in ("caption", "vqa"):
+        config = tasks.fine_tune_config(cfg, config)
+    specs = embedded_specs(cfg.data.datasets, data_root) if cfg.data.embedded else [dict(s) for s in cfg.data.datasets]
+    pipeline = tasks.build_pipeline(cfg, tokenizer, specs, per_process)
     steps_per_epoch = pipeline.steps_per_epoch
     if steps_per_epoch is not None:
         # Every process reads its own shard: an epoch is over the global dataset.
@@ -185,22 +165,44 @@ def train(cfg: ml_collections.ConfigDict, workdir: str) -> TrainResult:
         raise ValueError("set total_steps, or num_epochs with a finite dataset")
     steps_per_epoch = steps_per_epoch or total_steps
 
-    model = build_model(cfg, config, cfg.seed)
-    graphdef, params, rest, momentum_graphdef, ema = split_model(model)
+    model = tasks.build_model(cfg, config, cfg.seed)
     # Schedules count optimiser updates; with accumulation one update spans `accum` micro-steps.
     accum = max(1, int(cfg.optimizer.optim.get("accum_steps", 1)))
     tx, update_schedule = make_optimizer(cfg.optimizer, max(1, steps_per_epoch // accum), max(1, total_steps // accum))
 
     def schedule(step):
         return update_schedule(step // accum)
-    ocfg = ObjectiveConfig.from_config(
-        {**dict(cfg.objective), "alpha_ramp_steps": int(cfg.objective.alpha_ramp_epochs * steps_per_epoch)},
-        config.text_config,
-    )
-    queue_size = int(cfg.objective.queue_size)
+
+    if task in tasks.MOMENTUM_TASKS:
+        graphdef, params, rest, momentum_graphdef, ema = split_model(model)
+        ocfg = ObjectiveConfig.from_config(
+            {**dict(cfg.objective), "alpha_ramp_steps": int(cfg.objective.alpha_ramp_epochs * steps_per_epoch)},
+            config.text_config,
+        )
+        if task == "retrieval":
+            ocfg = dataclasses.replace(ocfg, use_image_ids=True, lm_weight=0.0)
+        step_fn = make_train_step(graphdef, momentum_graphdef, tx, schedule, ocfg)
+        queue_size = int(cfg.objective.queue_size)
+        itm, lm = ocfg.itm_weight > 0, ocfg.lm_weight > 0
+    else:
+        graphdef, params, rest = nnx.split(model, nnx.Param, ...)
+        ema, queue_size, itm, lm = None, 0, False, True
+        tc = config.text_config
+        smoothing = float(cfg.objective.label_smoothing)
+        if task == "caption":
+            n_prompt = tasks.prompt_length(tokenizer, cfg.objective.prompt)
+
+            def loss_fn(m, b):
+                return caption_loss(m, {**b, "prompt_length": n_prompt}, smoothing, tc.bos_token_id)
+        else:
+            enc = tc.enc_token_id if tc.use_enc_token_for_itm else None
+
+            def loss_fn(m, b):
+                return tasks.vqa_loss(m, b, smoothing, tc.bos_token_id, enc)
+        step_fn = make_supervised_step(graphdef, tx, schedule, loss_fn)
 
     initial = {"params": params, "rest": rest, "ema": ema}
-    del params, rest, ema, model  # only `initial` holds the random weights; freed once the state exists
+    del params, rest, ema  # only `initial` holds the random weights; freed once the state exists
 
     def init_state():
         return create_train_state(initial["params"], initial["rest"], initial["ema"], tx, jax.random.key(cfg.seed),
@@ -221,7 +223,6 @@ def train(cfg: ml_collections.ConfigDict, workdir: str) -> TrainResult:
         log.info("resumed from step %d", start)
     initial.clear()
 
-    step_fn = make_train_step(graphdef, momentum_graphdef, tx, schedule, ocfg)
     batch_sharding = mesh_lib.batch_sharding(mesh)
     jitted = jax.jit(step_fn, in_shardings=(shardings, batch_sharding),
                      out_shardings=(shardings, mesh_lib.replicated(mesh)), donate_argnums=0)
@@ -236,9 +237,7 @@ def train(cfg: ml_collections.ConfigDict, workdir: str) -> TrainResult:
             f"out {mem.output_size_in_bytes / 2**20:.1f} MiB")
         print(f"compiled train step in {time.time() - t0:.1f}s; memory per device: {mem_text}", flush=True)
 
-    text_len = int(first["input_ids"].shape[1])
-    step_flops = flops_lib.pretrain_step_flops(config, global_batch, text_len, cfg.data.image_size,
-                                               itm=ocfg.itm_weight > 0, lm=ocfg.lm_weight > 0)
+    step_flops = task_step_flops(task, config, first, global_batch, cfg.data.image_size, itm, lm)
     device_kind = jax.devices()[0].device_kind
     peak = peak_flops_per_device(device_kind, config.text_config.dtype)
     if peak is None:
@@ -278,6 +277,17 @@ def train(cfg: ml_collections.ConfigDict, workdir: str) -> TrainResult:
                     scalars.update(data_metrics(data_iter))
                     writer.write_scalars(step, scalars)
                     history.append({"step": step, **scalars})
+            eval_names = due(cfg.get("evals", {}), step)
+            if eval_names:
+                results = run_evals(cfg.evals, tasks.eval_models(task, nnx.merge(graphdef, state.params, state.rest),
+                                                                   config),
+                                    tokenizer, mesh, os.path.join(workdir, "eval"), step=step, data_root=data_root,
+                                    names=eval_names)
+                writer.write_scalars(step, {f"eval/{k}": v for k, v in results.items()})
+                history.append({"step": step, **{f"eval/{k}": v for k, v in results.items()}})
+                best = cfg.get("best_metric", "")
+                if best and best in results:
+                    checkpointer.save_best(step, state, best, results[best], cfg.get("best_mode", "max"))
             if must_save or stop:
                 # The iterator now stands at batch `step`: exactly where a resumed run must start.
                 checkpointer.save(step, state, data_iter, cfg, force=stop or step == total_steps)
@@ -294,49 +304,49 @@ def train(cfg: ml_collections.ConfigDict, workdir: str) -> TrainResult:
     if primary and not stopped_early:
         print_loss_table(history)
         if cfg.get("export_hf", False):
-            export_hf(graphdef, state, config, os.path.join(workdir, "export"))
+            export_hf(task, graphdef, state, config, os.path.join(workdir, "export"))
     checkpointer.close()
     return TrainResult(step, history, workdir)
 
 
 def print_loss_table(history: list[dict]) -> None:
-    keys = [k for k in ("loss_ita", "loss_itm", "loss_lm", "itm_acc") if history and k in history[0]]
-    if not history:
-        return
-    rows = [history[0]] + history[max(1, len(history) // 4)::max(1, len(history) // 4)]
-    if rows[-1] is not history[-1]:
-        rows.append(history[-1])
-    print("\n  step  " + "  ".join(f"{k:>9}" for k in keys))
-    for r in rows:
-        print(f"{r['step']:6d}  " + "  ".join(f"{r[k]:9.4f}" for k in keys))
-    first, last = history[0], history[-1]
-    print("  change " + "  ".join(f"{last[k] - first[k]:+9.4f}" for k in keys), flush=True)
+    """Losses at a few points of the run, and the change from first to last; then eval results."""
+    train = [h for h in history if "loss" in h]
+    if train:
+        keys = [k for k in ("loss_ita", "loss_itm", "loss_lm", "loss_vqa", "itm_acc") if k in train[0]]
+        every = max(1, len(train) // 4)
+        rows = [train[0]] + train[every::every]
+        if rows[-1] is not train[-1]:
+            rows.append(train[-1])
+        print("\n  step  " + "  ".join(f"{k:>9}" for k in keys))
+        for r in rows:
+            print(f"{r['step']:6d}  " + "  ".join(f"{r[k]:9.4f}" for k in keys))
+        print("  change " + "  ".join(f"{train[-1][k] - train[0][k]:+9.4f}" for k in keys), flush=True)
+    for h in history:
+        skip = ("seconds", "num_images", "num_texts", "num_questions", "num_scored", "num_images_missing")
+        evals = {k: v for k, v in h.items() if k.startswith("eval/") and not k.endswith(skip)}
+        if evals:
+            print(f"eval at step {h['step']}: " + ", ".join(f"{k[5:]} {v:.4g}" for k, v in sorted(evals.items())))
 
 
-def export_hf(graphdef, state, config: BlipConfig, out_dir: str) -> None:
-    """Save the trained weights as HF-format BlipForImageTextRetrieval (ITC/ITM) and
-    BlipForConditionalGeneration (captioning) folders that transformers and we load."""
+def export_hf(task: str, graphdef, state, config: BlipConfig, out_dir: str) -> None:
+    """Save the trained weights as HF-format folders that transformers and we load: retrieval/
+    (ITC+ITM), captioning/ and vqa/ (pretraining exports all three: the starts of fine-tuning)."""
     from flax import nnx
 
-    from blip_jax.models.blip import BlipForConditionalGeneration, BlipForImageTextRetrieval, BlipForQuestionAnswering
-
     model = nnx.merge(graphdef, jax.device_get(state.params), jax.device_get(state.rest))
-    retrieval = BlipForImageTextRetrieval(config, rngs=nnx.Rngs(0))
-    for name in ("vision_model", "text_encoder", "vision_proj", "text_proj", "itm_head"):
-        setattr(retrieval, name, getattr(model, name))
-    retrieval.save_pretrained(os.path.join(out_dir, "retrieval"))
-    captioner = BlipForConditionalGeneration(config, rngs=nnx.Rngs(0))
-    captioner.vision_model = model.vision_model
-    captioner.text_decoder = model.text_decoder
-    captioner.save_pretrained(os.path.join(out_dir, "captioning"))
-    # VQA starts from the image-grounded encoder (question) and the decoder (answers), as BLIP_VQA does.
-    vqa = BlipForQuestionAnswering(config, rngs=nnx.Rngs(0))
-    vqa.vision_model, vqa.text_encoder, vqa.text_decoder = model.vision_model, model.text_encoder, model.text_decoder
-    vqa.save_pretrained(os.path.join(out_dir, "vqa"))
-    with open(os.path.join(out_dir, "README.txt"), "w") as f:
-        f.write("HF-format exports of the trained BLIP weights: retrieval/ (ITC+ITM), captioning/ (LM) and "
-                "vqa/ (question encoder + answer decoder: the start of VQA fine-tuning).\n")
-    log.info("exported HF-format models to %s", out_dir)
+    written = tasks.export(task, model, config, out_dir)
+    log.info("exported HF-format models: %s", ", ".join(written))
+
+
+def task_step_flops(task, config, batch, global_batch, image_size, itm, lm) -> int:
+    if task in tasks.MOMENTUM_TASKS:
+        return flops_lib.pretrain_step_flops(config, global_batch, int(batch["input_ids"].shape[1]), image_size,
+                                             itm=itm, lm=lm)
+    if task == "caption":
+        return flops_lib.caption_step_flops(config, global_batch, int(batch["input_ids"].shape[1]), image_size)
+    return flops_lib.vqa_step_flops(config, global_batch, int(batch["question_input_ids"].shape[1]),
+                                    batch["answer_input_ids"].shape[1:], image_size)
 
 
 def history_from_jsonl(path: str) -> dict[int, dict]:

@@ -80,7 +80,7 @@ def resolve_attention_implementation(name: str, dtype, masked: bool = False) -> 
     return None if name == "xla" else name
 
 
-def xla_attention(q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Array | None) -> jax.Array:
+def xla_attention(q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Array | None, dropout=None) -> jax.Array:
     """softmax(q k^T / sqrt(H)) v for q (B, T, N, H), k/v (B, S, N, H) -> (B, T, N, H).
 
     The math of jax.nn.dot_product_attention's XLA path, but batched over (B, N) in (B, N, T, H)
@@ -91,8 +91,10 @@ def xla_attention(q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Array | No
     logits = logits * jnp.float32(q.shape[-1] ** -0.5)
     if mask is not None:
         logits = jnp.where(mask, logits, jnp.finfo(jnp.float32).min)
-    probs = jax.nn.softmax(logits, axis=-1).astype(v.dtype)
-    return jnp.einsum("bnts,bnsh->bnth", probs, vt).transpose(0, 2, 1, 3)
+    probs = jax.nn.softmax(logits, axis=-1)
+    if dropout is not None:  # attention-probability dropout (training only)
+        probs = dropout(probs)
+    return jnp.einsum("bnts,bnsh->bnth", probs.astype(v.dtype), vt).transpose(0, 2, 1, 3)
 
 
 def init_kv_cache(batch: int, max_length: int, num_heads: int, head_dim: int, dtype) -> dict:
@@ -182,7 +184,8 @@ class Attention(nnx.Module):
                 raise ValueError("a per-query-row mask cannot be folded onto shared keys")
         use_dropout = self.dropout is not None and not deterministic
         if use_dropout:
-            y = self._attention_with_dropout(q, k.astype(q.dtype), v.astype(q.dtype), mask)
+            y = xla_attention(q, k.astype(q.dtype), v.astype(q.dtype), mask,
+                              dropout=lambda p: self.dropout(p, deterministic=False))
         else:
             y = self._fused_attention(q, k.astype(q.dtype), v.astype(q.dtype), mask)
         y = y.reshape(b, t, -1)
@@ -200,15 +203,6 @@ class Attention(nnx.Module):
         if impl is None:
             return xla_attention(q, k, v, mask)
         return jax.nn.dot_product_attention(q, k, v, mask=mask, implementation=impl)
-
-    def _attention_with_dropout(self, q, k, v, mask):
-        # Dropout on attention probabilities needs the probabilities, so no fused kernel here.
-        logits = jnp.einsum("btnh,bsnh->bnts", q, k, preferred_element_type=jnp.float32)
-        logits = logits / jnp.sqrt(self.head_dim).astype(jnp.float32)
-        if mask is not None:
-            logits = jnp.where(mask, logits, jnp.finfo(jnp.float32).min)
-        probs = self.dropout(jax.nn.softmax(logits, axis=-1), deterministic=False)
-        return jnp.einsum("bnts,bsnh->btnh", probs.astype(v.dtype), v)
 
 
 class FeedForward(nnx.Module):

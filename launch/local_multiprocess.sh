@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Start N `blip-jax train` processes on this machine as one jax.distributed job.
 #
-#   launch/local_multiprocess.sh -n 2 --cpu -- --config configs/embedded.py --workdir /tmp/run
+#   launch/local_multiprocess.sh -n 2 --cpu -- --config configs/pretrain_tiny.py --workdir /tmp/run
 #   launch/local_multiprocess.sh -n 4 --gpus-per-process 2 -- --config configs/pretrain.py --workdir runs/pt
 #
 # Each process gets the variables blip_jax.train.distributed.maybe_initialize_distributed reads:

@@ -48,7 +48,7 @@ def get_config(arg: str = "retrieval_coco"):
         c.data.answer_max_len, c.data.max_answers = 10, 10
         test = dict(d.eval_datasets.test)
         c.evals.vqa = dict(type="vqa", data=test, answer_list=d.answer_list, method="rank", k_test=128,
-                           image_size=size, batch_size=32, every_n_steps=0)
+                           image_size=size, batch_size=32, every_n_steps=-1)
         c.best_metric = ""  # test-dev has no local answers: results go to the evaluation server
     else:
         d = coco_data(root or ("/data/coco" if variant != "retrieval_flickr" else "/data/flickr30k"), task)
@@ -57,11 +57,11 @@ def get_config(arg: str = "retrieval_coco"):
         val = dict(d.eval_datasets.val)
         if task == "retrieval":
             c.evals.retrieval = dict(type="retrieval", data=val, k_test=256 if variant == "retrieval_coco" else 128,
-                                     max_len=35, image_size=size, batch_size=64, every_n_steps=0)
+                                     max_len=35, image_size=size, batch_size=64, every_n_steps=-1)
             c.best_metric = "retrieval/r_mean"
         else:
             c.evals.caption = dict(type="caption", data=val, prompt="a picture of ", num_beams=3, max_length=20,
-                                   min_length=5, image_size=size, batch_size=64, every_n_steps=0)
+                                   min_length=5, image_size=size, batch_size=64, every_n_steps=-1)
             c.best_metric = "caption/CIDEr"
     c.data.batch_size = batch
     c.data.embedded = False

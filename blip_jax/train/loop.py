@@ -244,6 +244,9 @@ def train(cfg: ml_collections.ConfigDict, workdir: str) -> TrainResult:
         peak = measure_matmul_flops("float32", size=2048)
     peak_total = peak * jax.device_count()
 
+    # every_n_steps: N > 0 every N steps, -1 every epoch, 0 only at the end of training.
+    evals = {name: {**dict(ev), "every_n_steps": steps_per_epoch if int(ev.get("every_n_steps", 0)) == -1
+                    else int(ev.get("every_n_steps", 0))} for name, ev in dict(cfg.get("evals", {})).items()}
     writer = MetricWriter(workdir, total_steps=total_steps, is_primary=primary, initial_step=start)
     preemption = PreemptionHandler(sync_every=max(1, int(cfg.get('preemption_sync_every', 1)))).install()
     history = []
@@ -277,9 +280,9 @@ def train(cfg: ml_collections.ConfigDict, workdir: str) -> TrainResult:
                     scalars.update(data_metrics(data_iter))
                     writer.write_scalars(step, scalars)
                     history.append({"step": step, **scalars})
-            eval_names = due(cfg.get("evals", {}), step)
+            eval_names = due(evals, step) or (list(evals) if step == total_steps else [])
             if eval_names:
-                results = run_evals(cfg.evals, tasks.eval_models(task, nnx.merge(graphdef, state.params, state.rest),
+                results = run_evals(evals, tasks.eval_models(task, nnx.merge(graphdef, state.params, state.rest),
                                                                    config),
                                     tokenizer, mesh, os.path.join(workdir, "eval"), step=step, data_root=data_root,
                                     names=eval_names)

@@ -10,8 +10,6 @@ import json
 import os
 import sys
 
-os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=8")
-
 import jax  # noqa: E402
 import numpy as np  # noqa: E402
 import optax  # noqa: E402
@@ -59,6 +57,9 @@ def run(mesh_shape, steps: int = 2):
 
 
 if __name__ == "__main__":
+    # Only when run as a script: importing this module (for tiny_config) must not change the
+    # device count of the importing process or of the subprocesses it starts.
+    os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=8")
     shapes = [tuple(int(x) for x in s.split("x")) for s in sys.argv[1:]] or [(8, 1, 1), (2, 4, 1), (2, 2, 2)]
     ref_losses, ref_leaves, _ = run((1, 1, 1))
     report = {"reference": ref_losses}

@@ -76,8 +76,11 @@ def run_evals(config_evals, models: dict, tokenizer, mesh, workdir: str, *, step
     "vqa": BlipForQuestionAnswering} (only the types used are needed). Each process reads its strided
     share of the data (eval_pipeline: padded, masked batches, every sample once); results and
     metrics JSON are written to `workdir` (suffix ``_step<N>`` when `step` is given)."""
+    import jax
+
     from blip_jax.data import annotations as ann
     from blip_jax.data import pipelines as pl
+    from blip_jax.train import mesh as mesh_lib
 
     evals = _as_dict(config_evals)
     out: dict[str, float] = {}
@@ -90,7 +93,10 @@ def run_evals(config_evals, models: dict, tokenizer, mesh, workdir: str, *, step
             raise ValueError(f"evals.{name}: no {MODEL_CLASSES[kind]} model given")
         model = models[kind]
         spec = pl.DatasetSpec.from_any(resolve_spec(ev["data"], data_root))
-        opts = pl.LoaderOptions(batch_size=int(ev.get("batch_size", 32)), num_threads=int(ev.get("num_threads", 4)))
+        # Each process's batch must split evenly over its share of the data-parallel devices.
+        per_process_dp = max(1, mesh_lib.data_parallel_size(mesh) // jax.process_count())
+        batch_size = -(-int(ev.get("batch_size", 32)) // per_process_dp) * per_process_dp
+        opts = pl.LoaderOptions(batch_size=batch_size, num_threads=int(ev.get("num_threads", 4)))
         image_size = int(ev.get("image_size", model.config.vision_config.image_size))
         t0 = time.time()
         if kind == "retrieval":

@@ -77,7 +77,7 @@ def embedded_specs(names, root: str) -> list[dict]:
                                     paths=[os.path.join(ann, "coco_karpathy_train.json")], image_root=images),
         "vqa_train": dict(name="vqa_train", format="vqa", paths=[os.path.join(ann, "vqa_train.json"),
                                                                  os.path.join(ann, "vg_qa.json")],
-                          image_root=images, vg_image_root=images),
+                          image_root=images, vg_image_root=os.path.join(images, "web")),
     }
     specs = []
     for n in names:

@@ -3,9 +3,12 @@
 
 from __future__ import annotations
 
+import argparse
 import ast
 import importlib.util
+import logging
 import os
+import sys
 
 import ml_collections
 
@@ -73,3 +76,21 @@ def apply_overrides(config: ml_collections.ConfigDict, overrides: list[str]) -> 
 
 def load_config(spec: str, overrides: list[str] | None = None) -> ml_collections.ConfigDict:
     return apply_overrides(load_config_file(spec), overrides or [])
+
+
+def parse_job_args(parser: argparse.ArgumentParser, argv: list[str] | None):
+    """Parse a job command line (the parser's own flags, including --config, plus --config.x=y
+    overrides), set up logging, and load the config -> (args, config)."""
+    parser.add_argument("--log-level", default="INFO")
+    args, overrides = parser.parse_known_args(argv)
+    bad = [o for o in overrides if not o.startswith("--config.")]
+    if bad:
+        parser.error(f"unrecognised arguments: {' '.join(bad)} (overrides look like --config.lr=1e-4)")
+    logging.basicConfig(level=args.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+                        stream=sys.stderr)
+    for noisy in ("absl", "orbax", "jax._src"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+    try:
+        return args, load_config(args.config, overrides)
+    except (KeyError, ValueError, TypeError, FileNotFoundError) as e:
+        parser.error(str(e).strip('"'))

@@ -185,20 +185,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--config", required=True, help="config file, optionally with :arg")
     parser.add_argument("--checkpoint", required=True, help="HF-format folder (or a training run's export/)")
     parser.add_argument("--workdir", default="", help="where results and metrics go")
-    parser.add_argument("--log-level", default="INFO")
-    args, overrides = parser.parse_known_args(argv)
-    bad = [o for o in overrides if not o.startswith("--config.")]
-    if bad:
-        parser.error(f"unrecognised arguments: {' '.join(bad)} (overrides look like --config.evals.x.k_test=16)")
-    logging.basicConfig(level=args.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-                        stream=sys.stderr)
-    for noisy in ("absl", "orbax", "jax._src"):
-        logging.getLogger(noisy).setLevel(logging.WARNING)
-
-    from blip_jax.config_loader import load_config
+    from blip_jax.config_loader import parse_job_args
     from blip_jax.train.mesh import make_mesh
 
-    cfg = load_config(args.config, overrides)
+    args, cfg = parse_job_args(parser, argv)
     if "evals" not in cfg or not _as_dict(cfg.evals):
         parser.error(f"{args.config} has no config.evals")
     workdir = args.workdir or os.path.join(args.checkpoint, "eval")

@@ -19,7 +19,8 @@ from blip_jax.processing.tokenization import WordPieceTokenizer
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-def test_eval_cli_all_evaluators(tmp_path):
+def _tiny_export(tmp_path):
+    """Embedded dataset (smoke sizes) + tiny random HF-format exports -> (data folder, export folder)."""
     data = tmp_path / "data"
     generate_embedded_dataset(str(data), num_web=8, num_coco_train=4, num_coco_val=4, num_coco_test=6,
                               image_size=32, vg_questions=2, questions_per_image=2)
@@ -35,6 +36,11 @@ def test_eval_cli_all_evaluators(tmp_path):
     for sub, cls in (("retrieval", BlipForImageTextRetrieval), ("captioning", BlipForConditionalGeneration),
                      ("vqa", BlipForQuestionAnswering)):
         cls(cfg, rngs=nnx.Rngs(0)).save_pretrained(str(ckpt / sub))
+    return data, ckpt
+
+
+def test_eval_cli_all_evaluators(tmp_path):
+    data, ckpt = _tiny_export(tmp_path)
     work = tmp_path / "eval"
     skip_caption = shutil.which("java") is None
     args = ["--config", os.path.join(ROOT, "configs/eval_tiny.py:smoke"), "--checkpoint", str(ckpt),
@@ -59,3 +65,31 @@ def test_eval_cli_all_evaluators(tmp_path):
     ret = json.loads((work / "retrieval_metrics.json").read_text())
     assert set(ret["timings"]) >= {"embed_images", "embed_texts", "similarity_topk", "rerank_i2t", "rerank_t2i"}
     assert cli.due({"a": {"every_n_steps": 5}, "b": {"every_n_steps": 0}}, 10) == ["a"]
+
+
+def test_evaluators_identical_on_1_and_8_devices(tmp_path):
+    """The same checkpoint evaluated with 1 and with 8 simulated CPU devices: identical retrieval
+    metrics, captions and VQA answers (each sample seen once, whatever the sharding)."""
+    import subprocess
+    import sys
+
+    if shutil.which("java") is None:
+        pytest.skip("caption metrics need Java")
+    data, ckpt = _tiny_export(tmp_path)
+    outputs = {}
+    for n in (1, 8):
+        work = tmp_path / f"eval{n}"
+        env = {**os.environ, "JAX_PLATFORMS": "cpu", "XLA_FLAGS": f"--xla_force_host_platform_device_count={n}"}
+        out = subprocess.run([sys.executable, "-m", "blip_jax.cli", "eval", "--config",
+                              os.path.join(ROOT, "configs/eval_tiny.py:smoke"), "--checkpoint", str(ckpt),
+                              "--workdir", str(work), f"--config.data.embedded_dir={data}",
+                              "--config.evals.retrieval.k_test=4"],
+                             env=env, cwd=ROOT, capture_output=True, text=True, timeout=300)
+        assert out.returncode == 0, out.stderr[-3000:]
+        outputs[n] = {name: json.loads((work / f"{name}.json").read_text())
+                      for name in ("retrieval_metrics", "caption_results", "vqa_results")}
+    ret1, ret8 = outputs[1]["retrieval_metrics"], outputs[8]["retrieval_metrics"]
+    for key in ("txt_r1", "txt_r5", "txt_r10", "img_r1", "img_r5", "img_r10", "r_mean"):
+        assert ret1[key] == ret8[key], key
+    assert outputs[1]["caption_results"] == outputs[8]["caption_results"]
+    assert outputs[1]["vqa_results"] == outputs[8]["vqa_results"]

@@ -165,20 +165,6 @@ def load_models(checkpoint: str, kinds: set[str], dtype: str | None = None) -> d
     return models
 
 
-def load_eval_tokenizer(cfg, checkpoint: str, data_root: str | None):
-    from blip_jax.processing.tokenization import WordPieceTokenizer, load_tokenizer
-
-    path = cfg.get("tokenizer", {}).get("path", "") if "tokenizer" in cfg else ""
-    if not path:
-        if data_root:
-            path = os.path.join(data_root, "vocab.txt")
-        else:
-            path = checkpoint
-    if os.path.isfile(path) and path.endswith(".txt"):
-        return WordPieceTokenizer.from_vocab_file(path)
-    return load_tokenizer(path)
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="blip-jax eval", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -186,6 +172,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--checkpoint", required=True, help="HF-format folder (or a training run's export/)")
     parser.add_argument("--workdir", default="", help="where results and metrics go")
     from blip_jax.config_loader import parse_job_args
+    from blip_jax.train.loop import load_tokenizer
     from blip_jax.train.mesh import make_mesh
 
     args, cfg = parse_job_args(parser, argv)
@@ -199,7 +186,7 @@ def main(argv: list[str] | None = None) -> int:
         data_root = ensure_embedded_dataset(cfg, workdir)
     kinds = {_as_dict(ev)["type"] for ev in _as_dict(cfg.evals).values()}
     models = load_models(args.checkpoint, kinds, cfg.get("dtype") or None)
-    tokenizer = load_eval_tokenizer(cfg, args.checkpoint, data_root)
+    tokenizer = load_tokenizer(cfg, data_root, fallback=args.checkpoint)
     mesh = make_mesh(_as_dict(cfg.mesh) if "mesh" in cfg else None)
     metrics = run_evals(cfg.evals, models, tokenizer, mesh, workdir, data_root=data_root)
     import jax

@@ -90,16 +90,14 @@ def embedded_specs(names, root: str) -> list[dict]:
     return specs
 
 
-def load_tokenizer(cfg, data_root: str | None):
+def load_tokenizer(cfg, data_root: str | None, fallback: str = ""):
+    """cfg.tokenizer.path, else the embedded dataset's vocab.txt, else ``fallback`` (a checkpoint folder)."""
     from blip_jax.processing.tokenization import load_tokenizer as load
 
-    path = cfg.tokenizer.path or (os.path.join(data_root, "vocab.txt") if data_root else "")
+    path = cfg.get("tokenizer", {}).get("path", "") if "tokenizer" in cfg else ""
+    path = path or (os.path.join(data_root, "vocab.txt") if data_root else "") or fallback
     if not path:
         raise ValueError("tokenizer.path is empty and there is no embedded dataset vocabulary")
-    if os.path.isfile(path) and path.endswith(".txt"):
-        from blip_jax.processing.tokenization import WordPieceTokenizer
-
-        return WordPieceTokenizer.from_vocab_file(path)
     return load(path)
 
 

@@ -82,7 +82,9 @@ def state_shardings(state, mesh: Mesh, rules=DEFAULT_RULES):
 
 def batch_sharding(mesh: Mesh) -> NamedSharding:
     """Leading (batch) dimension over the data-parallel axes, the rest replicated."""
-    return NamedSharding(mesh, P(BATCH_AXES))
+    from blip_jax.data.distributed import data_sharding
+
+    return data_sharding(mesh, BATCH_AXES)
 
 
 def replicated(mesh: Mesh) -> NamedSharding:

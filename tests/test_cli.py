@@ -1,0 +1,57 @@
+"""The small commands: `blip-jax --help`, `convert` (Salesforce .pth -> HF folder transformers loads)
+and `caption` (image files -> captions)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from blip_jax.cli import main as cli_main
+
+torch = pytest.importorskip("torch")
+transformers = pytest.importorskip("transformers")
+
+from tests.hf_fixtures import build_hf  # noqa: E402
+from tests.test_salesforce import as_salesforce  # noqa: E402
+
+
+def test_help_lists_every_command(capsys):
+    assert cli_main(["--help"]) == 0
+    out = capsys.readouterr().out
+    for command in ("train", "eval", "data", "caption", "convert"):
+        assert f"  {command} " in out
+
+
+def test_convert_salesforce_pth_to_hf_folder(tmp_path, capsys):
+    ref, folder = build_hf("BlipForConditionalGeneration", tmp_path, seed=2)
+    pth = tmp_path / "model_base_caption.pth"
+    torch.save({"model": as_salesforce(ref.state_dict())}, pth)
+    out = tmp_path / "converted"
+    assert cli_main(["convert", "--from", str(pth), "--class", "BlipForConditionalGeneration", "--out", str(out),
+                     "--config", str(folder / "config.json")]) == 0
+    assert "0 weights were not in the source" in capsys.readouterr().out
+    back = transformers.BlipForConditionalGeneration.from_pretrained(out)
+    for name, p in ref.state_dict().items():
+        assert torch.equal(p, back.state_dict()[name]), name
+
+
+def test_caption_command(tmp_path, capsys):
+    from PIL import Image
+
+    from blip_jax.processing.tokenization import WordPieceTokenizer
+
+    vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"] + [chr(c) for c in range(97, 123)] + ["a", "picture", "of"]
+    (tmp_path / "vocab.txt").write_text("\n".join(vocab) + "\n")
+    tok = WordPieceTokenizer.from_vocab_file(str(tmp_path / "vocab.txt"))
+    text = dict(vocab_size=tok.vocab_size, bos_token_id=tok.bos_token_id, sep_token_id=tok.sep_token_id,
+                eos_token_id=tok.sep_token_id, pad_token_id=tok.pad_token_id)
+    _, folder = build_hf("BlipForConditionalGeneration", tmp_path, seed=3, text_overrides=text)
+    paths = []
+    for i in range(2):
+        p = tmp_path / f"img{i}.png"
+        Image.fromarray(np.random.default_rng(i).integers(0, 255, (40, 50, 3), dtype=np.uint8)).save(p)
+        paths.append(str(p))
+    assert cli_main(["caption", "--checkpoint", str(folder), "--tokenizer", str(tmp_path / "vocab.txt"),
+                     "--max-length", "8", "--min-length", "2", *paths]) == 0
+    lines = [line for line in capsys.readouterr().out.splitlines() if "\t" in line]
+    assert [line.split("\t")[0] for line in lines] == paths

@@ -340,11 +340,15 @@ def evaluate_retrieval(
 
     # ---- ITM rerank, fixed-size query chunks ----------------------------------------------------
     t0 = time.perf_counter()
-    scores = [rerank_i2t(state, img_states, top_v_i2t, top_i_i2t, txt_ids, txt_mask, s) for s in range(0, n_img, q)]
+    # One chunk in flight at a time: with many collective programs queued at once, XLA's CPU
+    # client can run two of them concurrently on different devices and deadlock the all-gathers.
+    scores = [_block(rerank_i2t(state, img_states, top_v_i2t, top_i_i2t, txt_ids, txt_mask, s))
+              for s in range(0, n_img, q)]
     s_i2t = np.concatenate([to_host(x) for x in scores])[:n_img]
     timings["rerank_i2t"] = time.perf_counter() - t0
     t0 = time.perf_counter()
-    scores = [rerank_t2i(state, img_states, top_v_t2i, top_i_t2i, txt_ids, txt_mask, s) for s in range(0, n_txt, q)]
+    scores = [_block(rerank_t2i(state, img_states, top_v_t2i, top_i_t2i, txt_ids, txt_mask, s))
+              for s in range(0, n_txt, q)]
     s_t2i = np.concatenate([to_host(x) for x in scores])[:n_txt]
     timings["rerank_t2i"] = time.perf_counter() - t0
 

@@ -8,26 +8,20 @@ hflip is off: the captions say "on the left"/"on the right", which a flip would 
 
 import ml_collections
 
+from blip_jax.data.synthetic import embedded_spec
+
 
 def datasets(root: str, split: str = "pretrain") -> list[dict]:
-    img = f"{root}/images"
-    if split == "pretrain":
-        return [dict(name="web", format="webdataset", paths=[f"{root}/shards/web-*.tar"], weight=3.0),
-                dict(name="coco", format="blip_json", paths=[f"{root}/annotations/pretrain_coco.json"],
-                     image_root=img, weight=1.0)]
-    if split in ("retrieval", "caption"):
-        return [dict(name="coco", format="coco_karpathy", split="train", image_root=img,
-                     paths=[f"{root}/annotations/coco_karpathy_train.json"])]
-    if split in ("val", "test"):
-        return [dict(name="coco", format="coco_karpathy", split=split, image_root=img,
-                     paths=[f"{root}/annotations/coco_karpathy_{split}.json"])]
-    if split == "vqa":
-        return [dict(name="vqa", format="vqa", image_root=img, vg_image_root=f"{img}/web",
-                     paths=[f"{root}/annotations/vqa_train.json", f"{root}/annotations/vg_qa.json"])]
-    if split == "vqa_test":
-        return [dict(name="vqa", format="vqa", split="test", image_root=img,
-                     paths=[f"{root}/annotations/vqa_test.json"])]
-    raise ValueError(split)
+    """Task split -> DatasetSpec dicts (the table itself is blip_jax.data.synthetic.embedded_spec)."""
+    names = {"pretrain": ["web_shards", "coco"], "retrieval": ["coco_karpathy_train"],
+             "caption": ["coco_karpathy_train"], "val": ["val"], "test": ["test"], "vqa": ["vqa_train"],
+             "vqa_test": ["vqa_test"]}
+    if split not in names:
+        raise ValueError(f"unknown split {split!r}; one of {sorted(names)}")
+    specs = [embedded_spec(n, root) for n in names[split]]
+    if split == "pretrain":  # sample the larger noisy web split three times as often
+        specs[0]["weight"], specs[1]["weight"] = 3.0, 1.0
+    return specs
 
 
 def get_config(root: str = "data/embedded") -> ml_collections.ConfigDict:

@@ -442,3 +442,34 @@ def generate_embedded_dataset(out_dir: str, config: SyntheticConfig | None = Non
     with open(os.path.join(out_dir, "manifest.json"), "w") as f:
         json.dump(manifest, f, indent=1)
     return manifest
+
+
+EMBEDDED_SPLITS = ("web", "web_shards", "coco", "coco_karpathy_train", "val", "test", "vqa_train", "vqa_test")
+
+
+def embedded_spec(split: str, root: str) -> dict:
+    """A DatasetSpec dict for one split of the embedded dataset written at ``root`` (the one table
+    the trainer, the evaluators and the data configs share): web (noisy BLIP JSON), web_shards
+    (the same as webdataset tars), coco (clean pretraining list), coco_karpathy_train, val, test,
+    vqa_train (VQA + VG questions) and vqa_test."""
+    img, ann = os.path.join(root, "images"), os.path.join(root, "annotations")
+    table = {
+        "web": dict(name="web", format="blip_json", paths=[os.path.join(ann, "pretrain_web.json")], image_root=img),
+        "web_shards": dict(name="web_shards", format="webdataset", paths=[os.path.join(root, "shards", "web-*.tar")]),
+        "coco": dict(name="coco", format="blip_json", paths=[os.path.join(ann, "pretrain_coco.json")],
+                     image_root=img),
+        "coco_karpathy_train": dict(name="coco_karpathy_train", format="coco_karpathy", split="train",
+                                    paths=[os.path.join(ann, "coco_karpathy_train.json")], image_root=img),
+        "val": dict(name="coco_val", format="coco_karpathy", split="val", image_root=img,
+                    paths=[os.path.join(ann, "coco_karpathy_val.json")]),
+        "test": dict(name="coco_test", format="coco_karpathy", split="test", image_root=img,
+                     paths=[os.path.join(ann, "coco_karpathy_test.json")]),
+        # VG questions ask about web images, which live under images/web.
+        "vqa_train": dict(name="vqa_train", format="vqa", image_root=img, vg_image_root=os.path.join(img, "web"),
+                          paths=[os.path.join(ann, "vqa_train.json"), os.path.join(ann, "vg_qa.json")]),
+        "vqa_test": dict(name="vqa_test", format="vqa", split="test", image_root=img,
+                         paths=[os.path.join(ann, "vqa_test.json")]),
+    }
+    if split not in table:
+        raise ValueError(f"unknown embedded split {split!r}; known: {list(EMBEDDED_SPLITS)}")
+    return table[split]

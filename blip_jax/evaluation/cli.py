@@ -39,14 +39,11 @@ def _as_dict(x) -> dict:
 
 def embedded_eval_spec(split: str, root: str) -> dict:
     """'test' | 'val' | 'vqa_test' of the embedded dataset -> a DatasetSpec dict."""
-    img, ann = os.path.join(root, "images"), os.path.join(root, "annotations")
-    if split in ("val", "test"):
-        return dict(name=f"coco_{split}", format="coco_karpathy", split=split, image_root=img,
-                    paths=[os.path.join(ann, f"coco_karpathy_{split}.json")])
-    if split == "vqa_test":
-        return dict(name="vqa_test", format="vqa", split="test", image_root=img,
-                    paths=[os.path.join(ann, "vqa_test.json")])
-    raise ValueError(f"unknown embedded eval split {split!r} (val, test, vqa_test)")
+    from blip_jax.data.synthetic import embedded_spec
+
+    if split not in ("val", "test", "vqa_test"):
+        raise ValueError(f"unknown embedded eval split {split!r} (val, test, vqa_test)")
+    return embedded_spec(split, root)
 
 
 def resolve_spec(data, data_root: str | None) -> dict:

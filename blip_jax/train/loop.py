@@ -64,30 +64,10 @@ def ensure_embedded_dataset(cfg, workdir: str) -> str:
 
 
 def embedded_specs(names, root: str) -> list[dict]:
-    """Embedded split names -> DatasetSpec dicts over the real on-disk formats."""
-    ann = os.path.join(root, "annotations")
-    images = os.path.join(root, "images")
-    table = {
-        "web": dict(name="web", format="blip_json", paths=[os.path.join(ann, "pretrain_web.json")],
-                    image_root=images),
-        "web_shards": dict(name="web_shards", format="webdataset", paths=[os.path.join(root, "shards", "*.tar")]),
-        "coco": dict(name="coco", format="blip_json", paths=[os.path.join(ann, "pretrain_coco.json")],
-                     image_root=images),
-        "coco_karpathy_train": dict(name="coco_karpathy_train", format="coco_karpathy",
-                                    paths=[os.path.join(ann, "coco_karpathy_train.json")], image_root=images),
-        "vqa_train": dict(name="vqa_train", format="vqa", paths=[os.path.join(ann, "vqa_train.json"),
-                                                                 os.path.join(ann, "vg_qa.json")],
-                          image_root=images, vg_image_root=os.path.join(images, "web")),
-    }
-    specs = []
-    for n in names:
-        if isinstance(n, str):
-            if n not in table:
-                raise ValueError(f"data.datasets: unknown embedded split {n!r}; known: {sorted(table)}")
-            specs.append(table[n])
-        else:
-            specs.append(dict(n))
-    return specs
+    """Embedded split names (or explicit spec dicts) -> DatasetSpec dicts over the real on-disk formats."""
+    from blip_jax.data.synthetic import embedded_spec
+
+    return [embedded_spec(n, root) if isinstance(n, str) else dict(n) for n in names]
 
 
 def load_tokenizer(cfg, data_root: str | None, fallback: str = ""):

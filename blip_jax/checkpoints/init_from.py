@@ -11,9 +11,9 @@ import logging
 
 import numpy as np
 
-from blip_jax.checkpoints import hf, salesforce
+from blip_jax.checkpoints import hf
 from blip_jax.checkpoints.io import CheckpointError, read_state_dict, resolve_path
-from blip_jax.checkpoints.loading import _report, apply_state_dict
+from blip_jax.checkpoints.loading import _report, apply_state_dict, read_blip_checkpoint
 from blip_jax.checkpoints.salesforce import resize_position_table
 
 logger = logging.getLogger("blip_jax.checkpoints")
@@ -87,9 +87,7 @@ def initialise_pretrain_model(model, *, blip_checkpoint: str = "", vision_hf: st
     config = model.config
     tc, vc = config.text_config, config.vision_config
     if blip_checkpoint:
-        state, source = read_state_dict(resolve_path(blip_checkpoint))
-        if salesforce.is_salesforce_state_dict(state):
-            state = salesforce.to_hf_state_dict(state, config)
+        state, source = read_blip_checkpoint(blip_checkpoint, config)
         # Decoder first, then the encoder: the parameters they share end with the encoder's values.
         for name in ("BlipForConditionalGeneration", "BlipForImageTextRetrieval"):
             rules = hf.blip_rules(name, config)

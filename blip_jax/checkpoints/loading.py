@@ -94,6 +94,14 @@ def apply_state_dict(model, state: dict[str, np.ndarray], source: str = "state d
     return LoadingInfo(source, missing, unexpected, ignored)
 
 
+def read_blip_checkpoint(path_or_hub_id: str, config) -> tuple[dict[str, np.ndarray], str]:
+    """An HF folder / hub id / Salesforce .pth -> (state dict under HF key names, the file read)."""
+    state, source = read_state_dict(resolve_path(path_or_hub_id))
+    if salesforce.is_salesforce_state_dict(state):
+        state = salesforce.to_hf_state_dict(state, config)
+    return state, source
+
+
 def _report(cls, info: LoadingInfo) -> None:
     if info.missing_keys:
         heads = sorted({k.split(".")[0] for k in info.missing_keys})

@@ -41,9 +41,7 @@ def build_model(cfg, config: BlipConfig, seed: int):
     Salesforce .pth), or vision_hf / text_hf unimodal HF checkpoints (pretraining)."""
     from blip_jax.checkpoints import hf
     from blip_jax.checkpoints.init_from import initialise_pretrain_model
-    from blip_jax.checkpoints.io import read_state_dict, resolve_path
-    from blip_jax.checkpoints.loading import _report, apply_state_dict
-    from blip_jax.checkpoints.salesforce import is_salesforce_state_dict, to_hf_state_dict
+    from blip_jax.checkpoints.loading import _report, apply_state_dict, read_blip_checkpoint
 
     model = model_class(cfg.task)(config, rngs=nnx.Rngs(seed))
     init = cfg.model.init
@@ -57,9 +55,7 @@ def build_model(cfg, config: BlipConfig, seed: int):
             initialise_pretrain_model(model, vision_hf=init.vision_hf, text_hf=init.text_hf)
         return model
     for src in sources:
-        state, source = read_state_dict(resolve_path(src))
-        if is_salesforce_state_dict(state):
-            state = to_hf_state_dict(state, config)
+        state, source = read_blip_checkpoint(src, config)
         _report(type(model), apply_state_dict(model, state, source, hf.rules_for(model)))
     return model
 

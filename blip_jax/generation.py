@@ -24,7 +24,7 @@ compare exactly with HF on the same weights:
 
 Rows are image-major: for B images and R = num_beams (beam search) or num_return_sequences
 (sampling), row ``b * R + r`` belongs to image b. The self-attention cache has B*R rows; the
-cross-attention keys/values stay (B, S, N, H) and `Attention` folds the R query rows of an image onto
+cross-attention keys/values stay (B, N_h, S, H) and `Attention` folds the R query rows of an image onto
 them, so image keys are computed once per image and never copied per beam.
 
 Shape letters: B images, R rows per image, N = B*R rows, T prompt length, L max_length, V vocab,
@@ -242,7 +242,7 @@ def decode(
 ) -> tuple[jax.Array, jax.Array]:
     """Generate with a `BlipTextLMHeadModel` ``decoder`` over precomputed cross-attention keys/values.
 
-    Pure and traceable (call it inside jit). cross_kv: per layer (keys, values), each (B, S, N_h, H);
+    Pure and traceable (call it inside jit). cross_kv: per layer (keys, values), each (B, N_h, S, H);
     prompt_ids, prompt_mask: (B, T) int32, bos first, mask 0 at padding; rng: PRNG key (sampling).
     Returns (sequences (B * R_out, L) int32, length () int32): rows beyond ``length`` are padding
     the caller trims, R_out = num_return_sequences.

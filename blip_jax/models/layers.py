@@ -80,26 +80,70 @@ def resolve_attention_implementation(name: str, dtype, masked: bool = False) -> 
     return None if name == "xla" else name
 
 
-def xla_attention(q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Array | None, dropout=None) -> jax.Array:
-    """softmax(q k^T / sqrt(H)) v for q (B, T, N, H), k/v (B, S, N, H) -> (B, T, N, H).
+# On CPU, the (B, N, T, S) float32 scores of long sequences (ViT-B/16 at 384: 8 images x 12
+# heads x 577^2 = 128 MB) do not stay in cache, and every softmax pass streams them through memory.
+# Attending over batch chunks of at most this many scores halves ViT-B/16@384 attention time there
+# (benchmarks/generate_vs_hf.py). Accelerators fuse the softmax and need no chunking.
+CPU_ATTENTION_CHUNK_SCORES = 8 * 2**20
 
-    The math of jax.nn.dot_product_attention's XLA path, but batched over (B, N) in (B, N, T, H)
-    layout: on CPU that path ran 2-3x slower (ViT attention; decoding over 577 image keys).
+
+def xla_attention(q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Array | None, dropout=None) -> jax.Array:
+    """softmax(q k^T / sqrt(H)) v in head-major layout: q (B, N, T, H), k/v (B, N, S, H) -> (B, N, T, H).
+
+    The math of jax.nn.dot_product_attention's XLA path, batched over (B, N): on CPU that path
+    (token-major, (B, T, N, H)) ran 2-3x slower for ViT attention and decoding over 577 image keys.
+    mask: boolean, broadcastable to (B, N, T, S). On CPU, large inputs run in batch chunks.
     """
-    qt, kt, vt = (a.transpose(0, 2, 1, 3) for a in (q, k, v))
-    logits = jnp.einsum("bnth,bnsh->bnts", qt, kt, preferred_element_type=jnp.float32)
+    b, n, t = q.shape[:3]
+    chunks = 1
+    if dropout is None and jax.default_backend() == "cpu":
+        chunks = _batch_chunks(b, b * n * t * k.shape[2], CPU_ATTENTION_CHUNK_SCORES)
+    if chunks == 1:
+        return _attention(q, k, v, mask, dropout)
+    # Chunk j holds rows j, j + chunks, j + 2 * chunks, ...: a batch sharded in contiguous blocks
+    # over devices stays evenly sharded inside every chunk.
+    def split(x):
+        return jnp.moveaxis(x.reshape(b // chunks, chunks, *x.shape[1:]), 1, 0)
+
+    per_row_mask = mask is not None and mask.ndim == 4 and mask.shape[0] == b and b > 1
+    xs = (split(q), split(k), split(v), split(mask) if per_row_mask else None)
+    out = jax.lax.map(lambda a: _attention(a[0], a[1], a[2], a[3] if per_row_mask else mask), xs)
+    return jnp.moveaxis(out, 0, 1).reshape(q.shape[:3] + v.shape[3:])
+
+
+def _batch_chunks(batch: int, scores: int, max_scores: int) -> int:
+    """The fewest chunks (a divisor of `batch`, each a multiple of the device count) that keep
+    each chunk under `max_scores` scores; 1 when no chunking is needed or possible."""
+    if scores <= max_scores:
+        return 1
+    devices = jax.device_count()
+    valid = [c for c in range(2, batch + 1) if batch % c == 0 and (batch // c) % devices == 0]
+    if not valid:
+        return 1
+    enough = [c for c in valid if scores // c <= max_scores]
+    return min(enough) if enough else max(valid)
+
+
+def _attention(q, k, v, mask, dropout=None):
+    """Head-major (B, N, T, H) x (B, N, S, H) -> (B, N, T, H), unchunked."""
+    logits = jnp.einsum("bnth,bnsh->bnts", q, k, preferred_element_type=jnp.float32)
     logits = logits * jnp.float32(q.shape[-1] ** -0.5)
     if mask is not None:
         logits = jnp.where(mask, logits, jnp.finfo(jnp.float32).min)
-    probs = jax.nn.softmax(logits, axis=-1)
-    if dropout is not None:  # attention-probability dropout (training only)
-        probs = dropout(probs)
-    return jnp.einsum("bnts,bnsh->bnth", probs.astype(v.dtype), vt).transpose(0, 2, 1, 3)
+    if dropout is not None:  # attention-probability dropout (training only) needs the probabilities
+        probs = dropout(jax.nn.softmax(logits, axis=-1))
+        return jnp.einsum("bnts,bnsh->bnth", probs.astype(v.dtype), v)
+    # Normalise after the value product: divides (T, H) outputs instead of (T, S) scores, one pass
+    # over the scores fewer than softmax-then-matmul.
+    scores = jnp.exp(logits - jax.lax.stop_gradient(logits.max(-1, keepdims=True)))
+    out = jnp.einsum("bnts,bnsh->bnth", scores.astype(v.dtype), v, preferred_element_type=jnp.float32)
+    return (out / scores.sum(-1, keepdims=True)).astype(v.dtype)
 
 
 def init_kv_cache(batch: int, max_length: int, num_heads: int, head_dim: int, dtype) -> dict:
-    """Zeroed self-attention cache for one layer: {"key","value"}: (B, L_max, N, H)."""
-    shape = (batch, max_length, num_heads, head_dim)
+    """Zeroed self-attention cache for one layer: {"key","value"}: (B, N, L_max, H), head-major
+    like every key/value the attention consumes."""
+    shape = (batch, num_heads, max_length, head_dim)
     return {"key": jnp.zeros(shape, as_dtype(dtype)), "value": jnp.zeros(shape, as_dtype(dtype))}
 
 
@@ -142,10 +186,12 @@ class Attention(nnx.Module):
         self.implementation = implementation
 
     def _split(self, y: jax.Array) -> jax.Array:
-        return y.reshape(*y.shape[:-1], self.num_heads, self.head_dim)
+        """(B, T, N * H) -> head-major (B, N, T, H)."""
+        return y.reshape(*y.shape[:-1], self.num_heads, self.head_dim).transpose(0, 2, 1, 3)
 
     def project_kv(self, kv_inputs: jax.Array) -> tuple[jax.Array, jax.Array]:
-        """(B, S, D_kv) -> keys, values (B, S, N, H); computed once per image for decoding."""
+        """(B, S, D_kv) -> keys, values (B, N, S, H); computed once per image for decoding, already
+        in the layout the attention reads, so a decoding step never re-transposes them."""
         return self._split(self.key(kv_inputs)), self._split(self.value(kv_inputs))
 
     def __call__(
@@ -161,48 +207,63 @@ class Attention(nnx.Module):
     ) -> tuple[jax.Array, dict | None]:
         """Returns (output (B, T, D), updated cache or None).
 
+        kv: precomputed (keys, values) from `project_kv`, each (B_kv, N, S, H).
         mask: boolean, broadcastable to (B, N, T, S) (True = attend). With a cache, S is the
         cache length L_max and new keys are written at ``cache_index``.
         """
+        b, t = x.shape[:2]
         q = self._split(self.query(x))
         if kv is not None:
             k, v = kv
         else:
             k, v = self.project_kv(x if kv_inputs is None else kv_inputs)
         if cache is not None:
-            k = jax.lax.dynamic_update_slice_in_dim(cache["key"], k.astype(cache["key"].dtype), cache_index, 1)
+            k = jax.lax.dynamic_update_slice_in_dim(cache["key"], k.astype(cache["key"].dtype), cache_index, 2)
             v = jax.lax.dynamic_update_slice_in_dim(
-                cache["value"], v.astype(cache["value"].dtype), cache_index, 1
+                cache["value"], v.astype(cache["value"].dtype), cache_index, 2
             )
             cache = {"key": k, "value": v}
-        b, t = q.shape[:2]
         fold = b // k.shape[0]
         if fold != 1:
-            # (B_kv * r, T, N, H) -> (B_kv, r * T, N, H): r query groups share one key row.
-            q = q.reshape(k.shape[0], fold * t, *q.shape[2:])
+            # (B_kv * r, N, T, H) -> (B_kv, N, r * T, H): r query groups share one key row.
+            q = q.reshape(k.shape[0], fold, *q.shape[1:]).transpose(0, 2, 1, 3, 4)
+            q = q.reshape(k.shape[0], self.num_heads, fold * t, self.head_dim)
             if mask is not None and mask.shape[0] == b:
                 raise ValueError("a per-query-row mask cannot be folded onto shared keys")
         use_dropout = self.dropout is not None and not deterministic
+        k, v = k.astype(q.dtype), v.astype(q.dtype)
         if use_dropout:
-            y = xla_attention(q, k.astype(q.dtype), v.astype(q.dtype), mask,
-                              dropout=lambda p: self.dropout(p, deterministic=False))
+            y = xla_attention(q, k, v, mask, dropout=lambda p: self.dropout(p, deterministic=False))
         else:
-            y = self._fused_attention(q, k.astype(q.dtype), v.astype(q.dtype), mask)
-        y = y.reshape(b, t, -1)
+            y = self._fused_attention(q, k, v, mask)
+        if fold != 1:
+            y = y.reshape(k.shape[0], self.num_heads, fold, t, self.head_dim).transpose(0, 2, 1, 3, 4)
+            y = y.reshape(b, self.num_heads, t, self.head_dim)
+        y = y.transpose(0, 2, 1, 3).reshape(b, t, -1)
         return self.out(y), cache
 
     def _fused_attention(self, q, k, v, mask):
+        """Head-major q (B, N, T, H), k/v (B, N, S, H) -> (B, N, T, H)."""
         impl = resolve_attention_implementation(self.implementation, q.dtype, mask is not None)
+        if impl is None:
+            return xla_attention(q, k, v, mask)
+
+        def token_major(a):
+            return a.transpose(0, 2, 1, 3)
+
+        def fused(implementation):
+            out = jax.nn.dot_product_attention(token_major(q), token_major(k), token_major(v), mask=mask,
+                                               implementation=implementation)
+            return token_major(out)
+
         if impl == "cudnn" and self.implementation == "auto":
             # cuDNN flash attention refuses some shapes (e.g. ViT-B/16 at 224: 197 tokens) at trace
             # time; 'auto' then falls back to XLA instead of failing.
             try:
-                return jax.nn.dot_product_attention(q, k, v, mask=mask, implementation="cudnn")
+                return fused("cudnn")
             except (NotImplementedError, ValueError):
-                impl = None
-        if impl is None:
-            return xla_attention(q, k, v, mask)
-        return jax.nn.dot_product_attention(q, k, v, mask=mask, implementation=impl)
+                return xla_attention(q, k, v, mask)
+        return fused(impl)
 
 
 class FeedForward(nnx.Module):
@@ -338,6 +399,12 @@ def causal_mask(
     return mask
 
 
+# Inference on CPU also runs whole layer stacks in batch chunks once the MLP activations (B, T, I)
+# exceed this many elements: each chunk's activations then stay in cache (ViT-B/16@384 forward
+# 10% faster at batch 8). Training is not chunked (the stacked residuals made backward slower).
+CPU_INFERENCE_CHUNK_ELEMENTS = 4 * 2**20
+
+
 def run_layers(layers, x: jax.Array, *, remat: bool, deterministic: bool, caches=None, cache_index=None,
                cross_kvs=None, **kw) -> tuple[jax.Array, list | None]:
     """Apply a stack of TransformerLayers; ``caches``/``cross_kvs`` are per-layer lists or None.
@@ -345,6 +412,10 @@ def run_layers(layers, x: jax.Array, *, remat: bool, deterministic: bool, caches
     With ``remat`` each layer's activations are recomputed in the backward pass (decoding with a
     cache never needs gradients, so it is not rematerialised).
     """
+    if deterministic and caches is None and cross_kvs is None and jax.default_backend() == "cpu":
+        chunked = _run_layers_chunked(layers, x, kw)
+        if chunked is not None:
+            return chunked, None
     new_caches = [] if caches is not None else None
     for i, layer in enumerate(layers):
         cache = caches[i] if caches is not None else None
@@ -359,3 +430,30 @@ def run_layers(layers, x: jax.Array, *, remat: bool, deterministic: bool, caches
         if new_caches is not None:
             new_caches.append(cache)
     return x, new_caches
+
+
+def _run_layers_chunked(layers, x: jax.Array, kw: dict) -> jax.Array | None:
+    """Deterministic stack over batch chunks (rows j, j + c, ... as in `xla_attention`); None
+    when the activations are small or an input cannot be split by rows."""
+    if not layers:
+        return None
+    b, t = x.shape[:2]
+    chunks = _batch_chunks(b, b * t * layers[0].mlp.fc1.out_features, CPU_INFERENCE_CHUNK_ELEMENTS)
+    if chunks == 1:
+        return None
+    per_row = {name: a for name, a in kw.items() if a is not None and a.shape[0] == b}
+    if any(a is not None and a.shape[0] not in (1, b) for a in kw.values()):
+        return None  # e.g. cross-attention states shared by folded beams
+
+    def split(a):
+        return jnp.moveaxis(a.reshape(b // chunks, chunks, *a.shape[1:]), 1, 0)
+
+    def stack(args):
+        h, rows = args
+        kw_chunk = {**kw, **rows}
+        for layer in layers:
+            h, _ = layer(h, deterministic=True, **kw_chunk)
+        return h
+
+    out = jax.lax.map(stack, (split(x), {name: split(a) for name, a in per_row.items()}))
+    return jnp.moveaxis(out, 0, 1).reshape(x.shape)

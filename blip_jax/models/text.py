@@ -103,7 +103,7 @@ class BlipTextModel(PretrainedMixin, nnx.Module):
         return self.config.hidden_size // self.config.num_attention_heads
 
     def init_cache(self, batch_size: int, max_length: int, dtype=None) -> list[dict]:
-        """Zeroed per-layer self-attention caches, each {"key","value"}: (B, L_max, N, H)."""
+        """Zeroed per-layer self-attention caches, each {"key","value"}: (B, N, L_max, H)."""
         dtype = dtype or self.config.dtype
         return [
             init_kv_cache(batch_size, max_length, self.config.num_attention_heads, self.head_dim, dtype)
@@ -140,7 +140,7 @@ class BlipTextModel(PretrainedMixin, nnx.Module):
             position_ids = (offset + jnp.arange(t))[None, :]
         x = self.embeddings(input_ids, position_ids, deterministic)
         if is_decoder:
-            key_length = cache[0]["key"].shape[1] if cache is not None else t
+            key_length = cache[0]["key"].shape[2] if cache is not None else t
             mask = causal_mask(t, key_length, attention_mask, offset)
         else:
             if cache is not None:

@@ -230,3 +230,23 @@ def test_randaugment_sampling_statistics(img):
     assert abs(changed / 400 - (1 - 0.65 ** 2)) < 0.07
     with pytest.raises(ValueError):
         T.RandAugment(ops=("Solarize",))
+
+
+def test_train_decode_uses_fractional_dct_scale_close_to_full_path(monkeypatch):
+    # A 512x384 JPEG, crops of ~60% side (~300x230) at 160 px: 1/2 scale would leave too few
+    # pixels, 6/8 or 7/8 does not. The fast path must pick such a scale and stay close to the full-size result.
+    data = _encode(_photo(512, 384, seed=4), quality=95)
+    sizes = []
+    original = T._scaled_jpeg
+
+    def spy(d, w, h):
+        out = original(d, w, h)
+        sizes.append(None if out is None else out.size)
+        return out
+
+    monkeypatch.setattr(T, "_scaled_jpeg", spy)
+    kw = dict(min_scale=0.35, max_scale=0.35, hflip=False, randaugment=None, normalize=False)
+    fast = T.TrainImageTransform(160, fast_decode=True, **kw)(data, np.random.default_rng(1)).astype(np.float32)
+    full = T.TrainImageTransform(160, fast_decode=False, **kw)(data, np.random.default_rng(1)).astype(np.float32)
+    assert len(sizes) == 1 and 256 < sizes[0][0] < 512  # a fractional M/8 decode
+    assert np.abs(fast - full).mean() < 3.0

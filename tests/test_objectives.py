@@ -210,3 +210,44 @@ def test_two_processes_match_single_process():
         for k in a:
             assert abs(a[k] - b[k]) <= 1e-5, (k, a, b)
     assert abs(want["checksum"] - got["checksum"]) <= 1e-4 * want["checksum"]
+
+
+def test_momentum_encoders_update_once_per_accumulated_update():
+    """With 2 micro-steps per AdamW update, the EMA moves on micro-steps 0 and 2 only, and its
+    first move equals the non-accumulated step's; the queues take every micro-batch."""
+    import optax
+
+    from blip_jax.train.state import create_train_state, ema_update, momentum_view, split_model
+    from blip_jax.train.step import ObjectiveConfig, make_train_step
+
+    gd, params, rest, mgd, ema = split_model(BlipPretrain(tiny_config(), rngs=nnx.Rngs(0)))
+    ocfg = ObjectiveConfig(bos_token_id=94, enc_token_id=95, momentum=0.5)
+    rng = np.random.default_rng(0)
+    batch = {"pixel_values": rng.normal(size=(4, 16, 16, 3)).astype(np.float32),
+             "input_ids": rng.integers(3, 90, (4, 12)).astype(np.int32),
+             "attention_mask": np.ones((4, 12), np.int32)}
+
+    def ema_leaves(state):
+        return [np.asarray(x) for x in jax.tree.leaves(state.ema)]
+
+    def run(accum, steps):
+        tx = optax.MultiSteps(optax.adamw(1e-2), accum) if accum > 1 else optax.adamw(1e-2)
+        state = create_train_state(params, rest, ema, tx, jax.random.key(0), 40, 16)
+        step = jax.jit(make_train_step(gd, mgd, tx, lambda s: 1e-2, ocfg, accum_steps=accum))
+        out = [state]
+        for _ in range(steps):
+            state, _ = step(state, batch)
+            out.append(state)
+        return out
+
+    acc = run(2, 4)  # acc[i]: the state after i micro-steps; AdamW updates land at micro-steps 1, 3
+    moved = [max(float(np.abs(a - b).max()) for a, b in zip(ema_leaves(s1), ema_leaves(s0)))
+             for s0, s1 in zip(acc, acc[1:])]
+    # Micro-step 3 starts with parameters that differ from their EMA (updated at step 1): a per
+    # micro-step EMA would move there. Only micro-step 2, the first after an update, may move it.
+    assert moved[2] > 1e-6 and moved[1] == 0.0 and moved[3] == 0.0, moved
+    model = nnx.merge(gd, acc[2].params, acc[2].rest)
+    expected = ema_update(acc[2].ema, nnx.state(momentum_view(model), nnx.Param), 0.5)
+    for a, b in zip(ema_leaves(acc[3]), [np.asarray(x) for x in jax.tree.leaves(expected)]):
+        np.testing.assert_allclose(a, b, atol=1e-6)
+    assert int(acc[4].queues["ptr"]) == (4 * 4) % 40

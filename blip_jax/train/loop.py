@@ -159,7 +159,7 @@ def train(cfg: ml_collections.ConfigDict, workdir: str) -> TrainResult:
         )
         if task == "retrieval":
             ocfg = dataclasses.replace(ocfg, use_image_ids=True, lm_weight=0.0)
-        step_fn = make_train_step(graphdef, momentum_graphdef, tx, schedule, ocfg)
+        step_fn = make_train_step(graphdef, momentum_graphdef, tx, schedule, ocfg, accum_steps=accum)
         queue_size = int(cfg.objective.queue_size)
         itm, lm = ocfg.itm_weight > 0, ocfg.lm_weight > 0
     else:

@@ -102,9 +102,16 @@ def blip_losses(model, batch, image_feat_m, text_feat_m, queues, rng, alpha, ocf
     return total, (metrics, image_feat_m, text_feat_m)
 
 
-def make_train_step(graphdef, momentum_graphdef, tx: optax.GradientTransformation, schedule, ocfg: ObjectiveConfig):
+def make_train_step(graphdef, momentum_graphdef, tx: optax.GradientTransformation, schedule, ocfg: ObjectiveConfig,
+                    accum_steps: int = 1):
     """The pretraining / retrieval step. Static arguments are closed over; jit it with
-    ``donate_argnums=0``."""
+    ``donate_argnums=0``.
+
+    accum_steps: micro-steps per optimiser update (``tx`` an optax.MultiSteps). The parameters
+    change once per update, so the momentum encoders do too: their EMA runs on the first
+    micro-step of each update, as one update per step without accumulation. The feature queues
+    still take every micro-batch's momentum features.
+    """
 
     def train_step(state: TrainState, batch: dict) -> tuple[TrainState, dict]:
         rng, itm_rng = jax.random.split(state.rng)
@@ -113,6 +120,9 @@ def make_train_step(graphdef, momentum_graphdef, tx: optax.GradientTransformatio
         model.temp[...] = jnp.clip(model.temp[...], ocfg.temp_min, ocfg.temp_max)
         params = nnx.state(model, nnx.Param)
         ema = ema_update(state.ema, nnx.state(momentum_view(model), nnx.Param), ocfg.momentum)
+        if accum_steps > 1:
+            first = state.step % accum_steps == 0
+            ema = jax.tree.map(lambda new, old: jnp.where(first, new, old), ema, state.ema)
         image_feat_m, text_feat_m = _momentum_features(momentum_graphdef, ema, batch)
         alpha = obj.alpha_schedule(state.step, ocfg.alpha, ocfg.alpha_ramp_steps)
 

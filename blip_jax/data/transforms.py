@@ -138,14 +138,32 @@ def _scaled_jpeg(data: bytes, min_w: int, min_h: int) -> Image.Image | None:
     return Image.fromarray(arr, "RGB")
 
 
+# DCT scales (in eighths) for training crops. A fractional M/8 IDCT alone is slower than the full
+# 8/8 one, but the bicubic resize after it shrinks less: on 640x480 JPEGs cropped to 224, decode +
+# resize is 10% faster than with 1/2^k scales only. 7/8 is left out: its IDCT costs 45% more
+# than full size and saves little resizing (benchmarks/input_pipeline.py, measured).
+# Evaluation keeps to 1/2^k, which leaves 640x480 images at 384 untouched: its inputs stay
+# those of the reference PIL pipeline on COCO-size images.
+_TRAIN_DCT_EIGHTHS = (1, 2, 3, 4, 5, 6)
+
+
+def _dct_eighths(raw_w: int, raw_h: int, req_w: int, req_h: int, scales: tuple[int, ...]) -> int:
+    """The smallest M in `scales` whose M/8 decode (libjpeg size: ceil(raw * M / 8)) still has
+    req_w x req_h pixels; 8 (full size) when none does."""
+    for m in scales:
+        if -(-raw_w * m // 8) >= req_w and -(-raw_h * m // 8) >= req_h:
+            return m
+    return 8
+
+
 def _decode_region(img: Image.Image, data: bytes | np.ndarray, orientation: int, width: int, height: int,
                    box: tuple[float, float, float, float], out_w: int, out_h: int, fast: bool,
                    where: str, fractional_scale: bool = False) -> Image.Image:
     """Decodes `img` (upright size width x height) and resizes the upright `box` to out size.
 
     With `fast`, JPEGs decode at a reduced DCT scale chosen so that the box keeps at least
-    out_w x out_h pixels: any M/8 with `fractional_scale`, else 1/2^k (libjpeg-turbo via
-    simplejpeg, falling back to PIL's draft mode)."""
+    out_w x out_h pixels: M/8 from _TRAIN_DCT_EIGHTHS with `fractional_scale`, else 1/2^k
+    (libjpeg-turbo via simplejpeg, falling back to PIL's draft mode)."""
     decoded = None
     if fast and img.format == "JPEG" and isinstance(data, (bytes, bytearray)):
         bw, bh = box[2] - box[0], box[3] - box[1]
@@ -154,19 +172,9 @@ def _decode_region(img: Image.Image, data: bytes | np.ndarray, orientation: int,
         if orientation in _SWAPS_AXES:
             req_w, req_h = req_h, req_w
         if img.mode in ("RGB", "L"):
-            # libjpeg-turbo picks the smallest M/8 scale (M = 1..8) that keeps the box at least
-            # out_w x out_h. A fractional M/8 IDCT alone is slower than the full-size one, but the
-            # bicubic resize after it shrinks less: decode + resize of 640x480 JPEGs to 224 crops
-            # is 13% faster than with 1/2^k scales only (benchmarks/input_pipeline.py).
-            # Evaluation keeps to 1/2^k scales, which leave 640x480 images at 384 untouched: its
-            # inputs stay those of the reference PIL pipeline on COCO-size images.
             raw_w, raw_h = img.size
-            if not fractional_scale:
-                factor = 1
-                while factor < 8 and raw_w // (2 * factor) >= req_w and raw_h // (2 * factor) >= req_h:
-                    factor *= 2
-                req_w, req_h = -(-raw_w // factor), -(-raw_h // factor)
-            decoded = _scaled_jpeg(data, min(req_w, raw_w), min(req_h, raw_h))
+            eighths = _dct_eighths(raw_w, raw_h, req_w, req_h, _TRAIN_DCT_EIGHTHS if fractional_scale else (1, 2, 4))
+            decoded = _scaled_jpeg(data, -(-raw_w * eighths // 8), -(-raw_h * eighths // 8))
         if decoded is None:
             try:
                 img.draft("RGB", (req_w, req_h))

@@ -251,3 +251,20 @@ def test_momentum_encoders_update_once_per_accumulated_update():
     for a, b in zip(ema_leaves(acc[3]), [np.asarray(x) for x in jax.tree.leaves(expected)]):
         np.testing.assert_allclose(a, b, atol=1e-6)
     assert int(acc[4].queues["ptr"]) == (4 * 4) % 40
+
+
+def test_shared_image_kv_equals_projecting_per_pair():
+    """ITM gathers keys/values projected once per image and the decoder reuses them: same logits
+    as cross-attending to the (gathered) image states directly."""
+    model = BlipPretrain(tiny_config(), rngs=nnx.Rngs(0))
+    rng = np.random.default_rng(0)
+    states = jnp.asarray(rng.normal(size=(3, 17, 32)), jnp.float32)
+    ids = jnp.asarray(rng.integers(3, 90, (6, 7)), jnp.int32)
+    mask = jnp.asarray((np.arange(7)[None] < rng.integers(3, 8, (6, 1))).astype(np.int32))
+    pick = jnp.array([0, 1, 2, 2, 0, 1])
+    kv = model.image_kv(states)
+    gathered = [tuple(a[pick] for a in layer) for layer in kv]
+    np.testing.assert_allclose(model.itm_logits(ids, mask, image_kv=gathered),
+                               model.itm_logits(ids, mask, states[pick]), atol=1e-5)
+    np.testing.assert_allclose(model.lm_logits(ids[:3], mask[:3], image_kv=kv),
+                               model.lm_logits(ids[:3], mask[:3], states), atol=1e-5)

@@ -127,3 +127,36 @@ def test_mfu():
 def test_measure_matmul_flops():
     flops = metrics.measure_matmul_flops("float32", size=128, repeats=2)
     assert 1e6 < flops < 1e14  # a CPU core does MFLOP/s to a few hundred GFLOP/s
+
+
+@pytest.mark.parametrize("itm, lm", [(True, True), (False, False)])
+def test_pretrain_step_flops_match_xla_cost_analysis(itm, lm):
+    """The MFU numerator: analytic matmul FLOPs of the compiled pretraining step must agree with
+    XLA's own count (which adds the few percent of element-wise work) - a double-counted or
+    missing projection (e.g. image keys/values shared by ITM and LM) would move it far out."""
+    import jax
+    import optax
+    from flax import nnx
+
+    from blip_jax.configuration import BlipConfig, BlipTextConfig, BlipVisionConfig
+    from blip_jax.models.pretrain import BlipPretrain
+    from blip_jax.train import flops as flops_lib
+    from blip_jax.train.state import create_train_state, split_model
+    from blip_jax.train.step import ObjectiveConfig, make_train_step
+
+    tc = BlipTextConfig(vocab_size=512, hidden_size=128, num_hidden_layers=2, num_attention_heads=4,
+                        intermediate_size=512, max_position_embeddings=32, bos_token_id=510, enc_token_id=511)
+    vc = BlipVisionConfig(image_size=64, patch_size=8, hidden_size=128, num_hidden_layers=2, num_attention_heads=4,
+                          intermediate_size=512)
+    cfg = BlipConfig.from_text_vision_configs(tc, vc, image_text_hidden_size=64)
+    gd, params, rest, mgd, ema = split_model(BlipPretrain(cfg, rngs=nnx.Rngs(0)))
+    tx = optax.sgd(1e-3)
+    state = create_train_state(params, rest, ema, tx, jax.random.key(0), 64, 64)
+    b, length = 8, 16
+    batch = {"pixel_values": jnp.zeros((b, 64, 64, 3)), "input_ids": jnp.ones((b, length), jnp.int32),
+             "attention_mask": jnp.ones((b, length), jnp.int32)}
+    ocfg = ObjectiveConfig(bos_token_id=510, enc_token_id=511, itm_weight=float(itm), lm_weight=float(lm))
+    cost = jax.jit(make_train_step(gd, mgd, tx, lambda s: 1e-3, ocfg)).lower(state, batch).compile().cost_analysis()
+    cost = cost[0] if isinstance(cost, list) else cost
+    analytic = flops_lib.pretrain_step_flops(cfg, b, length, itm=itm, lm=lm)
+    assert 0.9 <= analytic / cost["flops"] <= 1.0, (analytic, cost["flops"])

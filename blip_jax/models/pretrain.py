@@ -19,7 +19,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from blip_jax.configuration import BlipConfig
-from blip_jax.models.blip import l2_normalize, ones_mask
+from blip_jax.models.blip import l2_normalize
 from blip_jax.models.layers import EMBED, dense
 from blip_jax.models.text import BlipTextLMHeadModel, BlipTextModel
 from blip_jax.models.vision import BlipVisionModel
@@ -56,19 +56,30 @@ class BlipPretrain(nnx.Module):
         states = self.text_encoder(input_ids, attention_mask, deterministic=deterministic).last_hidden_state
         return l2_normalize(self.text_proj(states[:, 0]))
 
-    def itm_logits(self, input_ids, attention_mask, image_states, deterministic: bool = True) -> jax.Array:
-        """Image-grounded text: (B, T) ids with [ENC] first x (B, S, D_v) -> ITM logits (B, 2) float32."""
+    def image_kv(self, image_states: jax.Array) -> list[tuple[jax.Array, jax.Array]]:
+        """Per-layer cross-attention (keys, values), each (B, N, S, H), of image states (B, S, D_v).
+
+        Projected once per image: the ITM positives and negatives gather from them, and the
+        decoder, whose cross-attention IS the encoder's, reads the same ones."""
+        return self.text_encoder.precompute_cross_kv(image_states)
+
+    def itm_logits(self, input_ids, attention_mask, image_states=None, *, image_kv=None,
+                   deterministic: bool = True) -> jax.Array:
+        """Image-grounded text: (B, T) ids with [ENC] first x image states (B, S, D_v) or their
+        `image_kv` -> ITM logits (B, 2) float32."""
         out = self.text_encoder(
-            input_ids, attention_mask, encoder_hidden_states=image_states,
-            encoder_attention_mask=ones_mask(image_states), deterministic=deterministic,
+            input_ids, attention_mask, encoder_hidden_states=image_states, cross_kv=image_kv,
+            deterministic=deterministic,
         )
         return self.itm_head(out.last_hidden_state[:, 0]).astype(jnp.float32)
 
-    def lm_logits(self, input_ids, attention_mask, image_states, deterministic: bool = True) -> jax.Array:
-        """Image-grounded decoder: (B, T) ids with [DEC] first -> logits (B, T, V) float32."""
+    def lm_logits(self, input_ids, attention_mask, image_states=None, *, image_kv=None,
+                  deterministic: bool = True) -> jax.Array:
+        """Image-grounded decoder: (B, T) ids with [DEC] first x image states (B, S, D_v) or
+        their `image_kv` -> logits (B, T, V) float32."""
         return self.text_decoder(
-            input_ids, attention_mask, encoder_hidden_states=image_states,
-            encoder_attention_mask=ones_mask(image_states), deterministic=deterministic,
+            input_ids, attention_mask, encoder_hidden_states=image_states, cross_kv=image_kv,
+            deterministic=deterministic,
         ).logits
 
 

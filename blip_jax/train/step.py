@@ -68,6 +68,9 @@ def blip_losses(model, batch, image_feat_m, text_feat_m, queues, rng, alpha, ocf
     metrics = {}
     total = jnp.zeros((), jnp.float32)
 
+    # Cross-attention keys/values of the images, shared by ITM and LM (BlipPretrain.image_kv).
+    image_kv = model.image_kv(image_states) if (ocfg.itm_weight or ocfg.lm_weight) else None
+
     loss_ita, sim_i2t, sim_t2i = obj.itc_loss(
         image_feat, text_feat, image_feat_m, text_feat_m, queues, temp, alpha, image_ids
     )
@@ -79,11 +82,13 @@ def blip_losses(model, batch, image_feat_m, text_feat_m, queues, rng, alpha, ocf
                                        image_ids)
         enc_ids = ids if ocfg.enc_token_id is None else ids.at[:, 0].set(ocfg.enc_token_id)
         b = ids.shape[0]
-        # (text_i, image_i) positives, (text_i, hard image) and (hard text, image_i) negatives, in one pass.
+        # (text_i, image_i) positives, (text_i, hard image) and (hard text, image_i) negatives, in one
+        # pass over image keys/values projected once per image (gathered, not recomputed).
         itm_ids = jnp.concatenate([enc_ids, enc_ids, enc_ids[negs["text_for_image"]]])
         itm_mask = jnp.concatenate([mask, mask, mask[negs["text_for_image"]]])
-        itm_images = jnp.concatenate([image_states, image_states[negs["image_for_text"]], image_states])
-        logits = model.itm_logits(itm_ids, itm_mask, itm_images, deterministic=False)
+        neg_image = negs["image_for_text"]
+        itm_kv = [tuple(jnp.concatenate([a, a[neg_image], a]) for a in layer_kv) for layer_kv in image_kv]
+        logits = model.itm_logits(itm_ids, itm_mask, image_kv=itm_kv, deterministic=False)
         labels = jnp.concatenate([jnp.ones(b, jnp.int32), jnp.zeros(2 * b, jnp.int32)])
         weights = jnp.concatenate([jnp.ones(b), negs["valid_image_for_text"], negs["valid_text_for_image"]])
         loss_itm = obj.itm_loss(logits, labels, weights.astype(jnp.float32))
@@ -93,7 +98,7 @@ def blip_losses(model, batch, image_feat_m, text_feat_m, queues, rng, alpha, ocf
 
     if ocfg.lm_weight:
         dec_ids, labels = obj.lm_targets(ids, mask, ocfg.bos_token_id, batch.get("prompt_length", 0))
-        logits = model.lm_logits(dec_ids, mask, image_states, deterministic=False)
+        logits = model.lm_logits(dec_ids, mask, image_kv=image_kv, deterministic=False)
         loss_lm = obj.lm_loss(logits, labels, ocfg.label_smoothing)
         metrics["loss_lm"] = loss_lm
         total += ocfg.lm_weight * loss_lm

@@ -26,8 +26,11 @@ def as_dtype(name) -> jnp.dtype:
 
 
 def gelu(x: jax.Array) -> jax.Array:
-    # BERT / timm use the exact erf GELU, not the tanh approximation.
-    return jax.nn.gelu(x, approximate=False)
+    """The exact erf GELU of BERT / timm (not the tanh approximation), x * Phi(x).
+
+    Written with erf: jax.nn.gelu(approximate=False) goes through erfc, whose XLA CPU lowering is
+    2.3x slower (same values to 1e-6)."""
+    return x * 0.5 * (1.0 + jax.lax.erf(x * jnp.asarray(0.7071067811865476, x.dtype)))
 
 
 ACTIVATIONS = {"gelu": gelu, "gelu_new": lambda x: jax.nn.gelu(x, approximate=True), "relu": jax.nn.relu}

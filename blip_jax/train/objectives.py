@@ -41,19 +41,24 @@ def itc_loss(
     Returns (loss, sim_i2t (B, B+Q), sim_t2i (B, B+Q)).
     """
     b = image_feat.shape[0]
-    image_all = jnp.concatenate([image_feat_m, queues["image"]], axis=0).astype(jnp.float32)
-    text_all = jnp.concatenate([text_feat_m, queues["text"]], axis=0).astype(jnp.float32)
+
+    def sims(feat, keys_m, queue):
+        # Against the batch's momentum keys, then the queue, concatenated as (B, B + Q) scores:
+        # copying the (B + Q, E) keys into one array each step would move the whole queue twice.
+        f = feat.astype(jnp.float32)
+        return jnp.concatenate([f @ keys_m.astype(jnp.float32).T, f @ queue.astype(jnp.float32).T], 1) / temp
+
     if image_ids is None:
         positives = jnp.eye(b, b + queues["image"].shape[0], dtype=bool)
     else:
         ids_all = jnp.concatenate([image_ids.astype(jnp.int32), queues["idx"]])
         positives = image_ids[:, None] == ids_all[None, :]
-    sim_i2t_m = image_feat_m.astype(jnp.float32) @ text_all.T / temp
-    sim_t2i_m = text_feat_m.astype(jnp.float32) @ image_all.T / temp
+    sim_i2t_m = sims(image_feat_m, text_feat_m, queues["text"])
+    sim_t2i_m = sims(text_feat_m, image_feat_m, queues["image"])
     targets_i2t = jax.lax.stop_gradient(itc_targets(sim_i2t_m, positives, alpha))
     targets_t2i = jax.lax.stop_gradient(itc_targets(sim_t2i_m, positives, alpha))
-    sim_i2t = image_feat.astype(jnp.float32) @ text_all.T / temp
-    sim_t2i = text_feat.astype(jnp.float32) @ image_all.T / temp
+    sim_i2t = sims(image_feat, text_feat_m, queues["text"])
+    sim_t2i = sims(text_feat, image_feat_m, queues["image"])
     loss_i2t = -jnp.sum(jax.nn.log_softmax(sim_i2t, axis=1) * targets_i2t, axis=1).mean()
     loss_t2i = -jnp.sum(jax.nn.log_softmax(sim_t2i, axis=1) * targets_t2i, axis=1).mean()
     return (loss_i2t + loss_t2i) / 2.0, sim_i2t, sim_t2i

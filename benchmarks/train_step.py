@@ -135,8 +135,16 @@ def main():
     device = jax.devices()[0]
     kind = device.device_kind
     table_peak = peak_flops_per_device(kind, args.dtype)
-    measured_peak = measure_matmul_flops(args.dtype if device.platform != "cpu" else "float32",
-                                         size=4096 if device.platform != "cpu" else 1024)
+    mm_dtype = args.dtype if device.platform != "cpu" else "float32"
+    sizes = (4096, 8192) if device.platform != "cpu" else (1024, 2048)
+
+    def measure_peak() -> float:
+        return max(measure_matmul_flops(mm_dtype, size=n) for n in sizes)
+
+    # On a shared CPU the attainable rate drifts by 10% and more over minutes: the peak is the best
+    # of two sizes, measured before and again after the steps (see below), so the fraction of peak
+    # is never flattered by a slow moment of the matmul alone.
+    measured_peak = measure_peak()
     peak = table_peak or measured_peak
     n_dev = 1  # the benchmark runs on one device
     config = make_config(args)
@@ -146,7 +154,7 @@ def main():
            "peak_flops": peak, "peak_source": "table" if table_peak else "measured matmul",
            "measured_matmul_flops": measured_peak}
     print(f"device {kind}; peak {peak / 1e12:.2f} TFLOP/s ({res['peak_source']}); "
-          f"measured {args.dtype if device.platform != 'cpu' else 'float32'} matmul {measured_peak / 1e12:.2f} TFLOP/s")
+          f"measured {mm_dtype} matmul {measured_peak / 1e12:.2f} TFLOP/s")
     rows = []
     if not args.skip_pretrain:
         first, dt, fl = bench_pretrain(args, config, batch)
@@ -157,6 +165,11 @@ def main():
     if not args.skip_hf:
         first_hf, hf_dt = bench_caption_hf(args, batch)
         rows.append(("caption step, transformers", first_hf, hf_dt, fl))
+    if not table_peak:
+        after = measure_peak()
+        print(f"matmul peak re-measured after the steps: {after / 1e12:.2f} TFLOP/s")
+        peak = measured_peak = max(measured_peak, after)
+        res["peak_flops"] = res["measured_matmul_flops"] = peak
     print(f"\n{'step':32s} {'first s':>8s} {'s/step':>8s} {'img/s':>8s} {'TFLOP/s':>8s} {'of peak':>8s}")
     for name, first, dt, fl in rows:
         tf = fl / dt / 1e12

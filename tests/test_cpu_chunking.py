@@ -112,3 +112,16 @@ def test_training_forward_is_not_stack_chunked(monkeypatch):
     model = BlipModel(tiny_config(), rngs=nnx.Rngs(0))
     model.vision_model(jnp.zeros((2, 16, 16, 3)), deterministic=False)
     assert not called
+
+
+@pytest.mark.parametrize("masked", [False, True])
+def test_fused_attention_path_layouts(monkeypatch, masked):
+    """The jax.nn.dot_product_attention path (cuDNN on GPU) takes token-major inputs: run it with
+    its XLA implementation on CPU and compare with our head-major attention."""
+    attn = layers.Attention(16, 4, rngs=nnx.Rngs(0))
+    x = jax.random.normal(jax.random.key(0), (2, 5, 16))
+    mask = jnp.array([[1, 1, 1, 0, 0], [1, 1, 1, 1, 1]], bool)[:, None, None, :] if masked else None
+    ours, _ = attn(x, mask=mask)
+    monkeypatch.setattr(layers, "resolve_attention_implementation", lambda *a, **k: "xla")
+    fused, _ = attn(x, mask=mask)
+    np.testing.assert_allclose(fused, ours, atol=1e-5)

@@ -47,15 +47,6 @@ def parse_args(argv=None):
     return p.parse_args(argv)
 
 
-def vision_flops(batch: int, image: int, patch: int, d: int, layers: int, mlp: int) -> float:
-    """Analytic forward FLOPs (2 per multiply-add) of the ViT: patch conv, attention, MLP."""
-    n = (image // patch) ** 2
-    t = n + 1
-    patch_embed = 2 * n * (3 * patch * patch) * d
-    per_layer = 2 * t * d * 3 * d + 2 * 2 * t * t * d + 2 * t * d * d + 2 * 2 * t * d * mlp
-    return float(batch * (patch_embed + layers * per_layer))
-
-
 def _times(fn, repeats: int) -> list[float]:
     times = []
     for _ in range(repeats):
@@ -77,6 +68,8 @@ def main(argv=None):
     sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
     from blip_jax.configuration import BlipConfig, BlipTextConfig, BlipVisionConfig
     from blip_jax.models.blip import BlipForConditionalGeneration
+    from blip_jax.train.flops import vision_forward_flops
+    from blip_jax.train.metrics import measure_matmul_flops
 
     backend = jax.default_backend()
     compile_seconds = [0.0]  # tracing + lowering + XLA compilation, summed from jax's own events
@@ -185,14 +178,9 @@ def main(argv=None):
     vision_fn = jax.jit(lambda s, x: nnx.merge(graphdef, s)(x).last_hidden_state)
     jax.block_until_ready(vision_fn(state, pixels_jax))
     t_vis = min(_times(lambda: jax.block_until_ready(vision_fn(state, pixels_jax)), max(args.repeats, 3)))
-    flops = vision_flops(args.batch, args.image_size, 16, 768, args.vision_layers, 3072)
+    flops = args.batch * vision_forward_flops(config.vision_config, args.image_size)
     n = args.matmul_size or (2048 if backend == "cpu" else 8192)
-    mm_dtype = jnp.bfloat16 if args.dtype == "bfloat16" else jnp.float32
-    a = jax.random.normal(jax.random.key(0), (n, n), mm_dtype)
-    dot = jax.jit(lambda x, y: jnp.dot(x, y, preferred_element_type=mm_dtype))
-    jax.block_until_ready(dot(a, a))
-    t_mm = min(_times(lambda: jax.block_until_ready(dot(a, a)), 5))
-    peak = 2 * n**3 / t_mm
+    peak = measure_matmul_flops(args.dtype, size=n, repeats=5)
     achieved = flops / t_vis
     results["vision"] = dict(seconds=t_vis, flops=flops, achieved_flops_per_s=achieved, matmul_n=n,
                              matmul_peak_flops_per_s=peak, fraction_of_peak=achieved / peak)

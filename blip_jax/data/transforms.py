@@ -145,6 +145,7 @@ def _scaled_jpeg(data: bytes, min_w: int, min_h: int) -> Image.Image | None:
 # Evaluation keeps to 1/2^k, which leaves 640x480 images at 384 untouched: its inputs stay
 # those of the reference PIL pipeline on COCO-size images.
 _TRAIN_DCT_EIGHTHS = (1, 2, 3, 4, 5, 6)
+_EVAL_DCT_EIGHTHS = (1, 2, 4)
 
 
 def _dct_eighths(raw_w: int, raw_h: int, req_w: int, req_h: int, scales: tuple[int, ...]) -> int:
@@ -162,8 +163,8 @@ def _decode_region(img: Image.Image, data: bytes | np.ndarray, orientation: int,
     """Decodes `img` (upright size width x height) and resizes the upright `box` to out size.
 
     With `fast`, JPEGs decode at a reduced DCT scale chosen so that the box keeps at least
-    out_w x out_h pixels: M/8 from _TRAIN_DCT_EIGHTHS with `fractional_scale`, else 1/2^k
-    (libjpeg-turbo via simplejpeg, falling back to PIL's draft mode)."""
+    out_w x out_h pixels: M/8 from _TRAIN_DCT_EIGHTHS with `fractional_scale`, else from
+    _EVAL_DCT_EIGHTHS (libjpeg-turbo via simplejpeg, falling back to PIL's draft mode)."""
     decoded = None
     if fast and img.format == "JPEG" and isinstance(data, (bytes, bytearray)):
         bw, bh = box[2] - box[0], box[3] - box[1]
@@ -173,7 +174,8 @@ def _decode_region(img: Image.Image, data: bytes | np.ndarray, orientation: int,
             req_w, req_h = req_h, req_w
         if img.mode in ("RGB", "L"):
             raw_w, raw_h = img.size
-            eighths = _dct_eighths(raw_w, raw_h, req_w, req_h, _TRAIN_DCT_EIGHTHS if fractional_scale else (1, 2, 4))
+            scales = _TRAIN_DCT_EIGHTHS if fractional_scale else _EVAL_DCT_EIGHTHS
+            eighths = _dct_eighths(raw_w, raw_h, req_w, req_h, scales)
             decoded = _scaled_jpeg(data, -(-raw_w * eighths // 8), -(-raw_h * eighths // 8))
         if decoded is None:
             try:

@@ -103,15 +103,23 @@ def xla_attention(q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Array | No
         chunks = _batch_chunks(b, b * n * t * k.shape[2], CPU_ATTENTION_CHUNK_SCORES)
     if chunks == 1:
         return _attention(q, k, v, mask, dropout)
-    # Chunk j holds rows j, j + chunks, j + 2 * chunks, ...: a batch sharded in contiguous blocks
-    # over devices stays evenly sharded inside every chunk.
-    def split(x):
-        return jnp.moveaxis(x.reshape(b // chunks, chunks, *x.shape[1:]), 1, 0)
+    rows = {"q": q, "k": k, "v": v}
+    if mask is not None and mask.ndim == 4 and mask.shape[0] == b:
+        rows["mask"] = mask
+    return _map_batch_chunks(lambda r: _attention(r["q"], r["k"], r["v"], r.get("mask", mask)), rows, chunks)
 
-    per_row_mask = mask is not None and mask.ndim == 4 and mask.shape[0] == b and b > 1
-    xs = (split(q), split(k), split(v), split(mask) if per_row_mask else None)
-    out = jax.lax.map(lambda a: _attention(a[0], a[1], a[2], a[3] if per_row_mask else mask), xs)
-    return jnp.moveaxis(out, 0, 1).reshape(q.shape[:3] + v.shape[3:])
+
+def _map_batch_chunks(fn, rows, chunks: int):
+    """``fn`` over `chunks` batch chunks, one at a time (jax.lax.map). Every array of the pytree
+    ``rows`` and of the output has the batch as leading dim. Chunk j holds rows j, j + chunks, ...:
+    a batch sharded in contiguous blocks over devices stays evenly sharded inside every chunk."""
+    b = jax.tree.leaves(rows)[0].shape[0]
+
+    def split(a):
+        return jnp.moveaxis(a.reshape(b // chunks, chunks, *a.shape[1:]), 1, 0)
+
+    out = jax.lax.map(fn, jax.tree.map(split, rows))
+    return jax.tree.map(lambda a: jnp.moveaxis(a, 0, 1).reshape(b, *a.shape[2:]), out)
 
 
 def _batch_chunks(batch: int, scores: int, max_scores: int) -> int:
@@ -436,27 +444,22 @@ def run_layers(layers, x: jax.Array, *, remat: bool, deterministic: bool, caches
 
 
 def _run_layers_chunked(layers, x: jax.Array, kw: dict) -> jax.Array | None:
-    """Deterministic stack over batch chunks (rows j, j + c, ... as in `xla_attention`); None
-    when the activations are small or an input cannot be split by rows."""
+    """Deterministic stack over batch chunks (`_map_batch_chunks`); None when the activations are
+    small or an input cannot be split by rows."""
     if not layers:
         return None
     b, t = x.shape[:2]
     chunks = _batch_chunks(b, b * t * layers[0].mlp.fc1.out_features, CPU_INFERENCE_CHUNK_ELEMENTS)
     if chunks == 1:
         return None
-    per_row = {name: a for name, a in kw.items() if a is not None and a.shape[0] == b}
     if any(a is not None and a.shape[0] not in (1, b) for a in kw.values()):
         return None  # e.g. cross-attention states shared by folded beams
+    per_row = {name: a for name, a in kw.items() if a is not None and a.shape[0] == b}
 
-    def split(a):
-        return jnp.moveaxis(a.reshape(b // chunks, chunks, *a.shape[1:]), 1, 0)
-
-    def stack(args):
-        h, rows = args
-        kw_chunk = {**kw, **rows}
+    def stack(rows):
+        h, kw_rows = rows
         for layer in layers:
-            h, _ = layer(h, deterministic=True, **kw_chunk)
+            h, _ = layer(h, deterministic=True, **{**kw, **kw_rows})
         return h
 
-    out = jax.lax.map(stack, (split(x), {name: split(a) for name, a in per_row.items()}))
-    return jnp.moveaxis(out, 0, 1).reshape(x.shape)
+    return _map_batch_chunks(stack, (x, per_row), chunks)

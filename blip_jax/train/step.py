@@ -124,10 +124,12 @@ def make_train_step(graphdef, momentum_graphdef, tx: optax.GradientTransformatio
         model = nnx.merge(graphdef, state.params, state.rest)
         model.temp[...] = jnp.clip(model.temp[...], ocfg.temp_min, ocfg.temp_max)
         params = nnx.state(model, nnx.Param)
-        ema = ema_update(state.ema, nnx.state(momentum_view(model), nnx.Param), ocfg.momentum)
-        if accum_steps > 1:
-            first = state.step % accum_steps == 0
-            ema = jax.tree.map(lambda new, old: jnp.where(first, new, old), ema, state.ema)
+        online = nnx.state(momentum_view(model), nnx.Param)
+        if accum_steps > 1:  # only the first micro-step of an update pays for the EMA pass
+            ema = jax.lax.cond(state.step % accum_steps == 0,
+                               lambda: ema_update(state.ema, online, ocfg.momentum), lambda: state.ema)
+        else:
+            ema = ema_update(state.ema, online, ocfg.momentum)
         image_feat_m, text_feat_m = _momentum_features(momentum_graphdef, ema, batch)
         alpha = obj.alpha_schedule(state.step, ocfg.alpha, ocfg.alpha_ramp_steps)
 

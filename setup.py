@@ -26,6 +26,7 @@ setup(
         "tqdm>=4.66",
         "tensorboardX>=2.6",
         "simplejpeg>=1.7",  # libjpeg-turbo scaled JPEG decode for the input pipeline
+        "opencv-python-headless>=4.8",  # RandAugment warps/LUTs (the original ops are cv2)
         "pycocoevalcap>=1.2",  # caption metrics (needs Java: default-jre-headless)
     ],
     extras_require={

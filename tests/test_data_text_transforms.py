@@ -250,3 +250,43 @@ def test_train_decode_uses_fractional_dct_scale_close_to_full_path(monkeypatch):
     full = T.TrainImageTransform(160, fast_decode=False, **kw)(data, np.random.default_rng(1)).astype(np.float32)
     assert len(sizes) == 1 and 256 < sizes[0][0] < 512  # a fractional M/8 decode
     assert np.abs(fast - full).mean() < 3.0
+
+
+def test_jpeg_header_path_skips_pil_and_equals_pil_path(monkeypatch):
+    plain = _encode(_photo(200, 150, seed=7), quality=90)
+    exif = Image.Exif()
+    exif[0x0112] = 6  # upright is 150 wide, 200 tall
+    exif[0x010F] = "maker"
+    tagged = _encode(_photo(200, 150, seed=7), quality=90, exif=exif)
+    cmyk = _encode(Image.new("CMYK", (16, 16), (0, 255, 255, 0)))
+    assert T._jpeg_header(plain) == (200, 150, 1)
+    assert T._jpeg_header(tagged) == (200, 150, 6)
+    assert T._jpeg_header(cmyk) is None
+    assert T._jpeg_header(_encode(_photo(), "PNG")) is None
+    assert T._jpeg_header(plain[:2] + b"\x00" * 20) is None  # not a marker after SOI
+    assert T._jpeg_exif_block(tagged)[:6] == b"Exif\x00\x00"
+
+    opened = []
+    real_open = T.open_image
+    monkeypatch.setattr(T, "open_image", lambda *a, **k: opened.append(1) or real_open(*a, **k))
+    tr = T.TrainImageTransform(64, min_scale=0.3, max_scale=0.6, ratio=(0.6, 0.6))
+    ev = T.EvalImageTransform(48, normalize=False)
+    via_header = [tr(d, np.random.default_rng(3)) for d in (plain, tagged)] + [ev(tagged)]
+    assert opened == []  # PIL never parsed the files
+    monkeypatch.setattr(T, "_jpeg_header", lambda data: None)
+    via_pil = [tr(d, np.random.default_rng(3)) for d in (plain, tagged)] + [ev(tagged)]
+    assert len(opened) == 3
+    for a, b in zip(via_header, via_pil):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_plain_jpeg_header_path_reports_bad_input():
+    data = _encode(_photo(320, 240), quality=95)
+    with pytest.raises(BadRecord) as e:
+        T.TrainImageTransform(32, max_pixels=320 * 240 - 1)(data, np.random.default_rng(0))
+    assert e.value.reason == "image_too_large"
+    # a valid header over a corrupt scan: libjpeg-turbo refuses it, PIL names the reason
+    broken = data[:len(data) // 2] + b"\x00" * 64
+    with pytest.raises(BadRecord) as e:
+        T.EvalImageTransform(32)(broken)
+    assert e.value.reason == "truncated_image"

@@ -67,6 +67,17 @@ def exif_orientation(img: Image.Image) -> int:
         return 1
 
 
+def exif_block_orientation(block: bytes) -> int:
+    """The EXIF orientation tag of a raw EXIF block (a JPEG's APP1 payload, as PIL stores it in
+    `info["exif"]`), parsed by PIL; 1 for a malformed block, as in `exif_orientation`."""
+    tags = Image.Exif()
+    try:
+        tags.load(block)
+        return int(tags.get(_EXIF_ORIENTATION, 1) or 1)
+    except Exception:
+        return 1
+
+
 def load_pixels(img: Image.Image, where: str = "") -> Image.Image:
     """Decodes pixel data, mapping decoder failures to skip reasons."""
     try:

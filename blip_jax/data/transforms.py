@@ -5,8 +5,8 @@ Speed matters here (the host has to feed the accelerator), so the train path
   crop window still has at least `image_size` pixels per side (no added upsampling); PIL's
   draft mode is the fallback;
 - crops and resizes in one C call (`Image.resize(box=...)`), never materialising the crop;
-- flips in PIL, runs RandAugment as whole-image C ops (PIL histogram/point LUTs, affine warps;
-  integer translations as array slicing);
+- flips in PIL, runs RandAugment as whole-image OpenCV ops (histograms, lookup tables, affine
+  warps: the original BLIP ops are written with cv2) with integer translations as array slicing;
 - normalises with astype + two in-place float ops against row-tiled constants.
 `benchmarks/input_pipeline.py` measures it against a naive PIL + numpy version.
 
@@ -23,6 +23,7 @@ import dataclasses
 import functools
 import math
 
+import cv2
 import numpy as np
 from PIL import Image
 
@@ -31,7 +32,7 @@ try:  # libjpeg-turbo with arbitrary M/8 DCT scaling; PIL's draft mode is the fa
 except ImportError:  # pragma: no cover - simplejpeg is an install requirement
     simplejpeg = None
 
-from blip_jax.data.image import DEFAULT_MAX_PIXELS, exif_orientation, open_image, to_rgb
+from blip_jax.data.image import DEFAULT_MAX_PIXELS, exif_block_orientation, exif_orientation, open_image, to_rgb
 from blip_jax.data.records import BadRecord
 
 CLIP_MEAN = np.array([0.48145466, 0.4578275, 0.40821073], np.float32)
@@ -45,6 +46,10 @@ _MAX_LEVEL = 10.0
 _TRANSLATE_CONST = 10.0  # pixels, as in the original
 _FILL = (128, 128, 128)
 _SWAPS_AXES = (5, 6, 7, 8)  # EXIF orientations that transpose width and height
+
+# The pipeline parallelises over images (one grain worker per core); OpenCV's own thread pool
+# would oversubscribe the cores and, on 224 px images, costs more to wake than it saves.
+cv2.setNumThreads(1)
 
 
 def normalize(images: np.ndarray) -> np.ndarray:
@@ -112,17 +117,66 @@ _TRANSPOSE_FOR_ORIENTATION = {
 }
 
 
-def _open_oriented(image: bytes | np.ndarray, max_pixels: int, where: str):
-    """-> (lazy PIL image, EXIF orientation, upright width, upright height)."""
+def _open_oriented(image: bytes | np.ndarray, max_pixels: int, where: str, fast: bool):
+    """-> (lazy PIL image, EXIF orientation, upright width, upright height).
+
+    With `fast`, a JPEG whose header libjpeg-turbo reads as YCbCr or greyscale is not opened by
+    PIL at all (PIL's parse costs 5% of the whole train transform): the image comes back as None
+    and `_decode_region` decodes it with simplejpeg, opening it with PIL only if that fails."""
     if isinstance(image, np.ndarray):
         img = Image.fromarray(image, "RGB")
         return img, 1, img.size[0], img.size[1]
-    img = open_image(image, max_pixels, where)
-    orientation = exif_orientation(img)
-    w, h = img.size
+    header = _jpeg_header(image) if fast else None
+    if header is not None:
+        img, (w, h, orientation) = None, header
+        if w * h > max_pixels:
+            raise BadRecord("image_too_large", f"{where} {w}x{h} > {max_pixels} pixels")
+    else:
+        img = open_image(image, max_pixels, where)
+        orientation = exif_orientation(img)
+        w, h = img.size
     if orientation in _SWAPS_AXES:
         w, h = h, w
     return img, orientation, w, h
+
+
+def _jpeg_header(data: bytes) -> tuple[int, int, int] | None:
+    """(stored width, stored height, EXIF orientation) of a YCbCr or greyscale JPEG; None when
+    the file needs PIL (another format or colour space, or a header out of the ordinary)."""
+    if simplejpeg is None or not isinstance(data, (bytes, bytearray)):
+        return None
+    exif = _jpeg_exif_block(data)
+    if exif is None:
+        return None
+    try:
+        height, width, colorspace, _ = simplejpeg.decode_jpeg_header(data)
+    except (ValueError, RuntimeError):
+        return None
+    if colorspace not in ("YCbCr", "Gray"):
+        return None
+    return width, height, exif_block_orientation(exif) if exif else 1
+
+
+def _jpeg_exif_block(data: bytes) -> bytes | None:
+    """Walks the JPEG marker segments up to the scan: the first EXIF block (the APP1 payload
+    PIL reads, b"" when there is none), or None when the walk finds anything unexpected."""
+    if data[:2] != b"\xff\xd8":
+        return None
+    pos, end, exif = 2, len(data), b""
+    while pos + 4 <= end:
+        if data[pos] != 0xFF:
+            return None
+        marker = data[pos + 1]
+        if marker == 0xFF:  # fill byte before a marker
+            pos += 1
+            continue
+        if marker == 0xDA:  # start of scan: the header is over
+            return exif
+        length = int.from_bytes(data[pos + 2:pos + 4], "big")
+        if marker == 0xE1 and not exif and data[pos + 4:pos + 10] == b"Exif\x00\x00":
+            exif = data[pos + 4:pos + 2 + length]
+        pos += 2 + length
+    return None
 
 
 def _scaled_jpeg(data: bytes, min_w: int, min_h: int) -> Image.Image | None:
@@ -157,27 +211,34 @@ def _dct_eighths(raw_w: int, raw_h: int, req_w: int, req_h: int, scales: tuple[i
     return 8
 
 
-def _decode_region(img: Image.Image, data: bytes | np.ndarray, orientation: int, width: int, height: int,
-                   box: tuple[float, float, float, float], out_w: int, out_h: int, fast: bool,
+def _decode_region(img: Image.Image | None, data: bytes | np.ndarray, orientation: int, width: int,
+                   height: int, box: tuple[float, float, float, float], out_w: int, out_h: int, fast: bool,
                    where: str, fractional_scale: bool = False) -> Image.Image:
-    """Decodes `img` (upright size width x height) and resizes the upright `box` to out size.
+    """Decodes the image (upright size width x height) and resizes the upright `box` to out size.
 
-    With `fast`, JPEGs decode at a reduced DCT scale chosen so that the box keeps at least
-    out_w x out_h pixels: M/8 from _TRAIN_DCT_EIGHTHS with `fractional_scale`, else from
-    _EVAL_DCT_EIGHTHS (libjpeg-turbo via simplejpeg, falling back to PIL's draft mode)."""
+    `img` is the lazily opened PIL image, or None for a plain JPEG known from its header only
+    (see `_open_oriented`). With `fast`, JPEGs decode at a reduced DCT scale chosen so that the
+    box keeps at least out_w x out_h pixels: M/8 from _TRAIN_DCT_EIGHTHS with
+    `fractional_scale`, else from _EVAL_DCT_EIGHTHS (libjpeg-turbo via simplejpeg, falling back
+    to PIL's draft mode)."""
     decoded = None
-    if fast and img.format == "JPEG" and isinstance(data, (bytes, bytearray)):
+    if fast and (img is None or img.format == "JPEG") and isinstance(data, (bytes, bytearray)):
         bw, bh = box[2] - box[0], box[3] - box[1]
         req_w = math.ceil(width * out_w / max(bw, 1e-6))
         req_h = math.ceil(height * out_h / max(bh, 1e-6))
         if orientation in _SWAPS_AXES:
             req_w, req_h = req_h, req_w
-        if img.mode in ("RGB", "L"):
-            raw_w, raw_h = img.size
+        if img is None or img.mode in ("RGB", "L"):
+            if img is not None:
+                raw_w, raw_h = img.size
+            else:
+                raw_w, raw_h = (height, width) if orientation in _SWAPS_AXES else (width, height)
             scales = _TRAIN_DCT_EIGHTHS if fractional_scale else _EVAL_DCT_EIGHTHS
             eighths = _dct_eighths(raw_w, raw_h, req_w, req_h, scales)
             decoded = _scaled_jpeg(data, -(-raw_w * eighths // 8), -(-raw_h * eighths // 8))
         if decoded is None:
+            if img is None:  # its header already passed the pixel budget
+                img = open_image(data, width * height, where)
             try:
                 img.draft("RGB", (req_w, req_h))
             except (OSError, ValueError) as e:
@@ -199,14 +260,15 @@ def _decode_region(img: Image.Image, data: bytes | np.ndarray, orientation: int,
 
 
 def _lut(img: np.ndarray, tables: np.ndarray) -> np.ndarray:
-    """Applies per-channel lookup tables (3, 256) in one C pass (PIL's point)."""
-    pil = Image.fromarray(np.ascontiguousarray(img), "RGB")
-    return np.asarray(pil.point(np.asarray(tables, np.uint8).reshape(-1).tolist()))
+    """Applies per-channel lookup tables (3, 256) in one C pass."""
+    lut = np.ascontiguousarray(np.asarray(tables, np.uint8).T).reshape(256, 1, 3)
+    return cv2.LUT(np.ascontiguousarray(img), lut)
 
 
 def _histogram(img: np.ndarray) -> np.ndarray:
     """(3, 256) int64 per-channel histograms."""
-    return np.asarray(Image.fromarray(np.ascontiguousarray(img), "RGB").histogram(), np.int64).reshape(3, 256)
+    img = np.ascontiguousarray(img)
+    return np.stack([cv2.calcHist([img], [c], None, [256], [0, 256]).reshape(256) for c in range(3)]).astype(np.int64)
 
 
 def autocontrast(img: np.ndarray) -> np.ndarray:
@@ -268,23 +330,15 @@ def sharpness(img: np.ndarray, factor: float) -> np.ndarray:
     return out
 
 
-def affine_cv2(img: np.ndarray, matrix: np.ndarray, fill=_FILL) -> np.ndarray:
-    """Warps like cv2.warpAffine(img, matrix, bilinear, constant border `fill`).
+def affine_cv2(img: np.ndarray, matrix, fill=_FILL) -> np.ndarray:
+    """cv2.warpAffine(img, matrix, bilinear, constant border `fill`), as the original BLIP ops.
 
-    `matrix` (2, 3) maps source to destination in OpenCV's integer-pixel-centre convention (the
-    original BLIP ops are written with cv2); PIL wants the inverse map in a half-pixel-shifted
-    frame, which is what this converts to, so geometry matches the original exactly."""
-    a = np.asarray(matrix, np.float64)[:, :2]
-    t = np.asarray(matrix, np.float64)[:, 2]
-    half = np.array([0.5, 0.5])
-    t = t + half - a @ half
-    a_inv = np.linalg.inv(a)
-    c = -a_inv @ t
-    data = (a_inv[0, 0], a_inv[0, 1], c[0], a_inv[1, 0], a_inv[1, 1], c[1])
-    pil = Image.fromarray(np.ascontiguousarray(img), "RGB")
-    out = pil.transform(pil.size, Image.Transform.AFFINE, data, Image.Resampling.BILINEAR,
-                        fillcolor=tuple(fill))
-    return np.asarray(out)
+    `matrix` (2, 3) maps source to destination pixel coordinates (OpenCV's integer-pixel-centre
+    convention)."""
+    img = np.ascontiguousarray(img)
+    h, w = img.shape[:2]
+    return cv2.warpAffine(img, np.asarray(matrix, np.float64), (w, h), flags=cv2.INTER_LINEAR,
+                          borderMode=cv2.BORDER_CONSTANT, borderValue=tuple(float(v) for v in fill))
 
 
 def _shift(img: np.ndarray, offset: float, axis: int, fill) -> np.ndarray | None:
@@ -293,16 +347,19 @@ def _shift(img: np.ndarray, offset: float, axis: int, fill) -> np.ndarray | None
     k = int(offset)
     if k != offset:
         return None
-    out = np.empty_like(img)
-    out[...] = np.asarray(fill, np.uint8)
+    fill = np.asarray(fill, np.uint8)
     n = img.shape[axis]
     if abs(k) >= n:
-        return out
+        return np.broadcast_to(fill, img.shape).copy()
+    out = np.empty_like(img)
     dst = [slice(None)] * 3
     src = [slice(None)] * 3
     dst[axis] = slice(max(0, -k), n - max(0, k))
     src[axis] = slice(max(0, k), n - max(0, -k))
     out[tuple(dst)] = img[tuple(src)]
+    # only the uncovered strip gets the fill (a whole-image length-3 broadcast costs 50x the copy)
+    dst[axis] = slice(n - k, n) if k > 0 else slice(0, -k)
+    out[tuple(dst)] = fill
     return out
 
 
@@ -408,7 +465,7 @@ class TrainImageTransform:
     max_pixels: int = DEFAULT_MAX_PIXELS
 
     def __call__(self, image: bytes | np.ndarray, rng: np.random.Generator, where: str = "") -> np.ndarray:
-        img, orientation, w, h = _open_oriented(image, self.max_pixels, where)
+        img, orientation, w, h = _open_oriented(image, self.max_pixels, where, self.fast_decode)
         left, top, cw, ch = random_resized_crop_params(rng, w, h, (self.min_scale, self.max_scale),
                                                        self.ratio)
         s = self.image_size
@@ -435,7 +492,7 @@ class EvalImageTransform:
     def __call__(self, image: bytes | np.ndarray, rng: np.random.Generator | None = None,
                  where: str = "") -> np.ndarray:
         del rng
-        img, orientation, w, h = _open_oriented(image, self.max_pixels, where)
+        img, orientation, w, h = _open_oriented(image, self.max_pixels, where, self.fast_decode)
         s = self.image_size
         out = np.asarray(_decode_region(img, image, orientation, w, h, (0, 0, w, h), s, s, self.fast_decode,
                                         where))

@@ -51,18 +51,35 @@ def test_attention_chunks_match_with_masks_and_gradients(monkeypatch):
     v = jax.random.normal(ks[2], (b, n, s, h))
     row_mask = (jax.random.uniform(ks[3], (b, 1, 1, s)) > 0.3).at[:, :, :, 0].set(True)
     shared_mask = jnp.tril(jnp.ones((t, s), bool))[None, None]
+    head_mask = jnp.stack([jnp.tril(jnp.ones((t, s), bool), k=i) for i in range(n)])[None]  # (1, N, T, S)
+    masks = (None, row_mask, shared_mask, head_mask, row_mask & shared_mask)
 
     def loss(q, k, v, mask):
         return jnp.sum(jnp.sin(layers.xla_attention(q, k, v, mask)))
 
-    plain = [(layers.xla_attention(q, k, v, m), jax.grad(loss, (0, 1, 2))(q, k, v, m))
-             for m in (None, row_mask, shared_mask)]
+    plain = [(layers.xla_attention(q, k, v, m), jax.grad(loss, (0, 1, 2))(q, k, v, m)) for m in masks]
     chunk_everything(monkeypatch)
-    assert layers._batch_chunks(b, b * n * t * s, layers.CPU_ATTENTION_CHUNK_SCORES) == 6
-    for m, (out, grads) in zip((None, row_mask, shared_mask), plain):
+    # chunks are (batch, head) rows: one row each here
+    assert layers._batch_chunks(b * n, b * n * t * s, layers.CPU_ATTENTION_CHUNK_SCORES) == 12
+    for m, (out, grads) in zip(masks, plain):
         np.testing.assert_allclose(layers.xla_attention(q, k, v, m), out, atol=1e-6)
         for g_chunked, g in zip(jax.grad(loss, (0, 1, 2))(q, k, v, m), grads):
             np.testing.assert_allclose(g_chunked, g, atol=1e-6)
+
+
+@pytest.mark.parametrize("devices", [1, 2, 4])
+def test_map_batch_chunks_keeps_device_blocks_evenly_split(monkeypatch, devices):
+    monkeypatch.setattr(jax, "device_count", lambda: devices)
+    rows = jnp.arange(16)
+    np.testing.assert_array_equal(layers._map_batch_chunks(lambda c: c * 10, rows, 2), rows * 10)
+    # Chunk j must hold the j-th contiguous half of every device's block of 16 / devices rows:
+    # tag each row with its chunk's smallest and largest member.
+    lo = np.asarray(layers._map_batch_chunks(lambda c: jnp.broadcast_to(c.min(), c.shape), rows, 2))
+    hi = np.asarray(layers._map_batch_chunks(lambda c: jnp.broadcast_to(c.max(), c.shape), rows, 2))
+    block, half = 16 // devices, 16 // devices // 2
+    for r in range(16):
+        j = (r % block) // half
+        assert lo[r] == j * half and hi[r] == (devices - 1) * block + j * half + half - 1
 
 
 def test_attention_normalised_after_value_product_equals_softmax():
@@ -105,13 +122,17 @@ def test_inference_layer_stacks_chunked_match(monkeypatch):
     assert calls == [True] * 4  # all four stacks actually took the chunked path
 
 
-def test_training_forward_is_not_stack_chunked(monkeypatch):
+def test_training_forward_is_not_chunked(monkeypatch):
     chunk_everything(monkeypatch)
     called = []
-    monkeypatch.setattr(layers, "_run_layers_chunked", lambda *a: called.append(1))
+    stack, chunks = layers._run_layers_chunked, layers._map_batch_chunks
+    monkeypatch.setattr(layers, "_run_layers_chunked", lambda *a: called.append("stack") or stack(*a))
+    monkeypatch.setattr(layers, "_map_batch_chunks", lambda *a: called.append("chunks") or chunks(*a))
     model = BlipModel(tiny_config(), rngs=nnx.Rngs(0))
     model.vision_model(jnp.zeros((2, 16, 16, 3)), deterministic=False)
     assert not called
+    model.vision_model(jnp.zeros((2, 16, 16, 3)))  # inference takes both chunked paths
+    assert "stack" in called and "chunks" in called
 
 
 @pytest.mark.parametrize("masked", [False, True])

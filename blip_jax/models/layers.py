@@ -85,41 +85,62 @@ def resolve_attention_implementation(name: str, dtype, masked: bool = False) -> 
 
 # On CPU, the (B, N, T, S) float32 scores of long sequences (ViT-B/16 at 384: 8 images x 12
 # heads x 577^2 = 128 MB) do not stay in cache, and every softmax pass streams them through memory.
-# Attending over batch chunks of at most this many scores halves ViT-B/16@384 attention time there
-# (benchmarks/generate_vs_hf.py). Accelerators fuse the softmax and need no chunking.
-CPU_ATTENTION_CHUNK_SCORES = 8 * 2**20
+# On CPU, inference attention over many scores runs in chunks of at most this many scores, each
+# chunk a few (batch, head) rows with 3-D matmuls: its scores then stay in cache through the
+# softmax, and the small-K query-key matmul runs 1.5x faster than as one 4-D batched dot.
+# ViT-B/16@384 attention at batch 8: 89 -> 57 ms a layer. Training is not chunked: the pretraining
+# step at 224 went from 9.6 to 10.9 s with it (benchmarks/train_step.py). Accelerators need none.
+CPU_ATTENTION_CHUNK_SCORES = 2 * 2**20
 
 
-def xla_attention(q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Array | None, dropout=None) -> jax.Array:
+def xla_attention(q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Array | None, dropout=None, *,
+                  deterministic: bool = True) -> jax.Array:
     """softmax(q k^T / sqrt(H)) v in head-major layout: q (B, N, T, H), k/v (B, N, S, H) -> (B, N, T, H).
 
     The math of jax.nn.dot_product_attention's XLA path, batched over (B, N): on CPU that path
     (token-major, (B, T, N, H)) ran 2-3x slower for ViT attention and decoding over 577 image keys.
-    mask: boolean, broadcastable to (B, N, T, S). On CPU, large inputs run in batch chunks.
+    mask: boolean, broadcastable to (B, N, T, S). On CPU, large `deterministic` (inference) inputs
+    run in chunks of (batch, head) rows.
     """
-    b, n, t = q.shape[:3]
+    b, n, t, h = q.shape
     chunks = 1
-    if dropout is None and jax.default_backend() == "cpu":
-        chunks = _batch_chunks(b, b * n * t * k.shape[2], CPU_ATTENTION_CHUNK_SCORES)
+    if deterministic and dropout is None and jax.default_backend() == "cpu":
+        chunks = _batch_chunks(b * n, b * n * t * k.shape[2], CPU_ATTENTION_CHUNK_SCORES)
     if chunks == 1:
         return _attention(q, k, v, mask, dropout)
-    rows = {"q": q, "k": k, "v": v}
-    if mask is not None and mask.ndim == 4 and mask.shape[0] == b:
-        rows["mask"] = mask
-    return _map_batch_chunks(lambda r: _attention(r["q"], r["k"], r["v"], r.get("mask", mask)), rows, chunks)
+    rows = {name: a.reshape(b * n, *a.shape[2:]) for name, a in (("q", q), ("k", k), ("v", v))}
+    shared_mask = None
+    if mask is not None:
+        mask = mask.reshape((1,) * (4 - mask.ndim) + mask.shape)
+        if mask.shape[:2] == (1, 1):
+            shared_mask = mask[0, 0]  # (T or 1, S), the same for every row
+        else:
+            rows["mask"] = jnp.broadcast_to(mask, (b, n, *mask.shape[2:])).reshape(b * n, *mask.shape[2:])
+    out = _map_batch_chunks(lambda r: _attention(r["q"], r["k"], r["v"], r.get("mask", shared_mask)), rows,
+                            chunks)
+    return out.reshape(b, n, t, h)
 
 
 def _map_batch_chunks(fn, rows, chunks: int):
     """``fn`` over `chunks` batch chunks, one at a time (jax.lax.map). Every array of the pytree
-    ``rows`` and of the output has the batch as leading dim. Chunk j holds rows j, j + chunks, ...:
-    a batch sharded in contiguous blocks over devices stays evenly sharded inside every chunk."""
+    ``rows`` and of the output has the batch as leading dim.
+
+    The batch is read as D contiguous blocks, one per device (D = jax.device_count(), the way a
+    batch is sharded over the data axes), and chunk j takes the j-th contiguous slice of every
+    block: each chunk stays evenly sharded, and on one device the chunks are plain contiguous
+    slices (no copies; interleaved rows would transpose every input and output)."""
     b = jax.tree.leaves(rows)[0].shape[0]
+    devices = jax.device_count()
 
     def split(a):
-        return jnp.moveaxis(a.reshape(b // chunks, chunks, *a.shape[1:]), 1, 0)
+        a = a.reshape(devices, chunks, b // (devices * chunks), *a.shape[1:])
+        return jnp.moveaxis(a, 1, 0).reshape(chunks, b // chunks, *a.shape[3:])
 
-    out = jax.lax.map(fn, jax.tree.map(split, rows))
-    return jax.tree.map(lambda a: jnp.moveaxis(a, 0, 1).reshape(b, *a.shape[2:]), out)
+    def join(a):
+        a = a.reshape(chunks, devices, b // (devices * chunks), *a.shape[2:])
+        return jnp.moveaxis(a, 0, 1).reshape(b, *a.shape[3:])
+
+    return jax.tree.map(join, jax.lax.map(fn, jax.tree.map(split, rows)))
 
 
 def _batch_chunks(batch: int, scores: int, max_scores: int) -> int:
@@ -136,18 +157,18 @@ def _batch_chunks(batch: int, scores: int, max_scores: int) -> int:
 
 
 def _attention(q, k, v, mask, dropout=None):
-    """Head-major (B, N, T, H) x (B, N, S, H) -> (B, N, T, H), unchunked."""
-    logits = jnp.einsum("bnth,bnsh->bnts", q, k, preferred_element_type=jnp.float32)
+    """(..., T, H) x (..., S, H) -> (..., T, H), unchunked; leading dims (B, N) or chunk rows."""
+    logits = jnp.einsum("...th,...sh->...ts", q, k, preferred_element_type=jnp.float32)
     logits = logits * jnp.float32(q.shape[-1] ** -0.5)
     if mask is not None:
         logits = jnp.where(mask, logits, jnp.finfo(jnp.float32).min)
     if dropout is not None:  # attention-probability dropout (training only) needs the probabilities
         probs = dropout(jax.nn.softmax(logits, axis=-1))
-        return jnp.einsum("bnts,bnsh->bnth", probs.astype(v.dtype), v)
+        return jnp.einsum("...ts,...sh->...th", probs.astype(v.dtype), v)
     # Normalise after the value product: divides (T, H) outputs instead of (T, S) scores, one pass
     # over the scores fewer than softmax-then-matmul.
     scores = jnp.exp(logits - jax.lax.stop_gradient(logits.max(-1, keepdims=True)))
-    out = jnp.einsum("bnts,bnsh->bnth", scores.astype(v.dtype), v, preferred_element_type=jnp.float32)
+    out = jnp.einsum("...ts,...sh->...th", scores.astype(v.dtype), v, preferred_element_type=jnp.float32)
     return (out / scores.sum(-1, keepdims=True)).astype(v.dtype)
 
 
@@ -244,20 +265,21 @@ class Attention(nnx.Module):
         use_dropout = self.dropout is not None and not deterministic
         k, v = k.astype(q.dtype), v.astype(q.dtype)
         if use_dropout:
-            y = xla_attention(q, k, v, mask, dropout=lambda p: self.dropout(p, deterministic=False))
+            y = xla_attention(q, k, v, mask, dropout=lambda p: self.dropout(p, deterministic=False),
+                              deterministic=False)
         else:
-            y = self._fused_attention(q, k, v, mask)
+            y = self._fused_attention(q, k, v, mask, deterministic)
         if fold != 1:
             y = y.reshape(k.shape[0], self.num_heads, fold, t, self.head_dim).transpose(0, 2, 1, 3, 4)
             y = y.reshape(b, self.num_heads, t, self.head_dim)
         y = y.transpose(0, 2, 1, 3).reshape(b, t, -1)
         return self.out(y), cache
 
-    def _fused_attention(self, q, k, v, mask):
+    def _fused_attention(self, q, k, v, mask, deterministic: bool = True):
         """Head-major q (B, N, T, H), k/v (B, N, S, H) -> (B, N, T, H)."""
         impl = resolve_attention_implementation(self.implementation, q.dtype, mask is not None)
         if impl is None:
-            return xla_attention(q, k, v, mask)
+            return xla_attention(q, k, v, mask, deterministic=deterministic)
 
         def token_major(a):
             return a.transpose(0, 2, 1, 3)
@@ -273,7 +295,7 @@ class Attention(nnx.Module):
             try:
                 return fused("cudnn")
             except (NotImplementedError, ValueError):
-                return xla_attention(q, k, v, mask)
+                return xla_attention(q, k, v, mask, deterministic=deterministic)
         return fused(impl)
 
 

@@ -232,24 +232,52 @@ def test_randaugment_sampling_statistics(img):
         T.RandAugment(ops=("Solarize",))
 
 
-def test_train_decode_uses_fractional_dct_scale_close_to_full_path(monkeypatch):
-    # A 512x384 JPEG, crops of ~60% side (~300x230) at 160 px: 1/2 scale would leave too few
-    # pixels, 6/8 or 7/8 does not. The fast path must pick such a scale and stay close to the full-size result.
-    data = _encode(_photo(512, 384, seed=4), quality=95)
-    sizes = []
+@pytest.mark.parametrize("crop_scale, reduced", [(0.2, False), (0.9, True)])
+def test_train_fast_path_close_to_reference(monkeypatch, crop_scale, reduced):
+    # A smooth 512x384 JPEG at 96 px: a 20% crop (~230x170 px) needs the full-size decode, a 90% crop
+    # (~490x360) fits a 1/2- or 1/4-scale one. The fast path (DCT scale + OpenCV resize of the box
+    # rounded to decoded pixels) must stay within 2.5 grey levels (mean) of the reference (full-size
+    # PIL decode, PIL bicubic of the exact box).
+    rng = np.random.default_rng(4)
+    coarse = Image.fromarray(rng.integers(0, 256, (12, 16, 3), dtype=np.uint8))
+    smooth = coarse.resize((512, 384), Image.Resampling.BICUBIC)
+    data = _encode(smooth, quality=95)
+    widths = []
     original = T._scaled_jpeg
 
     def spy(d, w, h):
         out = original(d, w, h)
-        sizes.append(None if out is None else out.size)
+        widths.append(None if out is None else out.shape[1])
         return out
 
     monkeypatch.setattr(T, "_scaled_jpeg", spy)
-    kw = dict(min_scale=0.35, max_scale=0.35, hflip=False, randaugment=None, normalize=False)
-    fast = T.TrainImageTransform(160, fast_decode=True, **kw)(data, np.random.default_rng(1)).astype(np.float32)
-    full = T.TrainImageTransform(160, fast_decode=False, **kw)(data, np.random.default_rng(1)).astype(np.float32)
-    assert len(sizes) == 1 and 256 < sizes[0][0] < 512  # a fractional M/8 decode
-    assert np.abs(fast - full).mean() < 3.0
+    kw = dict(min_scale=crop_scale, max_scale=crop_scale, hflip=False, randaugment=None, normalize=False)
+    diffs = []
+    for seed in range(4):
+        fast = T.TrainImageTransform(96, fast_decode=True, **kw)(data, np.random.default_rng(seed))
+        full = T.TrainImageTransform(96, fast_decode=False, **kw)(data, np.random.default_rng(seed))
+        assert fast.shape == full.shape == (96, 96, 3) and fast.dtype == np.uint8
+        diffs.append(np.abs(fast.astype(np.float32) - full).mean())
+    assert len(widths) == 4 and all((w < 512) == reduced for w in widths)
+    assert np.mean(diffs) < 2.5
+
+
+@pytest.mark.parametrize("factor", [1.1, 1.5, 1.9])
+def test_train_resize_kernel_close_to_pil_bicubic(factor):
+    # Same pixels, same box: OpenCV's area filter against PIL's antialiased bicubic on a textured image.
+    arr = np.asarray(_photo(320, 320, seed=6))
+    box = (10, 20, 10 + int(96 * factor), 20 + int(96 * factor))
+    fast = T._resize_crop_fast(arr, 320, 320, box, 96, 96).astype(np.float32)
+    ref = np.asarray(Image.fromarray(arr).resize((96, 96), Image.Resampling.BICUBIC, box=box))
+    assert np.abs(fast - ref).mean() < 1.5
+
+
+def test_train_fast_path_upsamples_small_crops():
+    data = _encode(_photo(160, 120, seed=5), quality=95)
+    kw = dict(min_scale=0.1, max_scale=0.1, hflip=False, randaugment=None, normalize=False)
+    fast = T.TrainImageTransform(96, **kw)(data, np.random.default_rng(0)).astype(np.float32)
+    full = T.TrainImageTransform(96, fast_decode=False, **kw)(data, np.random.default_rng(0))
+    assert np.abs(fast - full).mean() < 3.0  # ~44x44 px crop grown to 96: cubic either way
 
 
 def test_jpeg_header_path_skips_pil_and_equals_pil_path(monkeypatch):

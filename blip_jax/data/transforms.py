@@ -1,14 +1,18 @@
 """Image transforms: RandomResizedCrop + flip + RandAugment + CLIP normalisation, and eval resize.
 
 Speed matters here (the host has to feed the accelerator), so the train path
+- reads JPEG headers (size, EXIF orientation) without PIL's parser;
 - decodes JPEGs with libjpeg-turbo (simplejpeg) at a reduced DCT scale M/8 chosen so that the
   crop window still has at least `image_size` pixels per side (no added upsampling); PIL's
   draft mode is the fallback;
-- crops and resizes in one C call (`Image.resize(box=...)`), never materialising the crop;
-- flips in PIL, runs RandAugment as whole-image OpenCV ops (histograms, lookup tables, affine
-  warps: the original BLIP ops are written with cv2) with integer translations as array slicing;
+- resizes the crop view with OpenCV's area filter (`_resize_crop_fast`: as close to the
+  full-size PIL bicubic reference as PIL bicubic on the DCT-scaled image, at a fraction of
+  the cost), flips, and runs RandAugment as whole-image OpenCV ops (histograms, lookup tables,
+  affine warps: the original BLIP ops are written with cv2), integer translations as slicing;
 - normalises with astype + two in-place float ops against row-tiled constants.
-`benchmarks/input_pipeline.py` measures it against a naive PIL + numpy version.
+`benchmarks/input_pipeline.py` measures it against a naive PIL + numpy version. With
+`fast_decode=False` the train path is the reference itself (full-size PIL decode, PIL bicubic
+of the exact box). Evaluation always resizes with PIL bicubic (transformers' processor).
 
 Semantics follow BLIP (torchvision RandomResizedCrop, bicubic; BLIP's RandomAugment with ops
 Identity, AutoContrast, Brightness, Sharpness, Equalize, ShearX/Y, TranslateX/Y, Rotate, each of
@@ -122,7 +126,7 @@ def _open_oriented(image: bytes | np.ndarray, max_pixels: int, where: str, fast:
 
     With `fast`, a JPEG whose header libjpeg-turbo reads as YCbCr or greyscale is not opened by
     PIL at all (PIL's parse costs 5% of the whole train transform): the image comes back as None
-    and `_decode_region` decodes it with simplejpeg, opening it with PIL only if that fails."""
+    and `_decode_upright` decodes it with simplejpeg, opening it with PIL only if that fails."""
     if isinstance(image, np.ndarray):
         img = Image.fromarray(image, "RGB")
         return img, 1, img.size[0], img.size[1]
@@ -179,27 +183,24 @@ def _jpeg_exif_block(data: bytes) -> bytes | None:
     return None
 
 
-def _scaled_jpeg(data: bytes, min_w: int, min_h: int) -> Image.Image | None:
+def _scaled_jpeg(data: bytes, min_w: int, min_h: int) -> np.ndarray | None:
     """libjpeg-turbo decode at the smallest DCT scale (M/8) keeping >= min_w x min_h; None
     when the file needs the general path (CMYK, progressive oddities, warnings, corruption:
     PIL then decides the skip reason)."""
     if simplejpeg is None:
         return None
     try:
-        arr = simplejpeg.decode_jpeg(data, colorspace="RGB", min_width=min_w, min_height=min_h, strict=True)
+        return simplejpeg.decode_jpeg(data, colorspace="RGB", min_width=min_w, min_height=min_h, strict=True)
     except (ValueError, RuntimeError):
         return None
-    return Image.fromarray(arr, "RGB")
 
 
-# DCT scales (in eighths) for training crops. A fractional M/8 IDCT alone is slower than the full
-# 8/8 one, but the bicubic resize after it shrinks less: on 640x480 JPEGs cropped to 224, decode +
-# resize is 10% faster than with 1/2^k scales only. 7/8 is left out: its IDCT costs 45% more
-# than full size and saves little resizing (benchmarks/input_pipeline.py, measured).
-# Evaluation keeps to 1/2^k, which leaves 640x480 images at 384 untouched: its inputs stay
-# those of the reference PIL pipeline on COCO-size images.
-_TRAIN_DCT_EIGHTHS = (1, 2, 3, 4, 5, 6)
-_EVAL_DCT_EIGHTHS = (1, 2, 4)
+# DCT scales (in eighths) tried before full size. The fractional ones (3/8, 5/8, 6/8) use slower,
+# less exact IDCTs: with the OpenCV resize after them they neither speed up the train transform
+# nor keep it as close to the full-size reference (mean 2.7 vs 1.3 grey levels on 640x480 JPEGs at
+# 224; benchmarks/input_pipeline.py). 1/2^k also leaves 640x480 images at 384 untouched, so
+# evaluation inputs stay those of the reference PIL pipeline on COCO-size images.
+_DCT_EIGHTHS = (1, 2, 4)
 
 
 def _dct_eighths(raw_w: int, raw_h: int, req_w: int, req_h: int, scales: tuple[int, ...]) -> int:
@@ -211,21 +212,20 @@ def _dct_eighths(raw_w: int, raw_h: int, req_w: int, req_h: int, scales: tuple[i
     return 8
 
 
-def _decode_region(img: Image.Image | None, data: bytes | np.ndarray, orientation: int, width: int,
-                   height: int, box: tuple[float, float, float, float], out_w: int, out_h: int, fast: bool,
-                   where: str, fractional_scale: bool = False) -> Image.Image:
-    """Decodes the image (upright size width x height) and resizes the upright `box` to out size.
+def _decode_upright(img: Image.Image | None, data: bytes | np.ndarray, orientation: int, width: int,
+                    height: int, box: tuple[float, float, float, float], out_w: int, out_h: int, fast: bool,
+                    where: str) -> np.ndarray | Image.Image:
+    """Decodes the image (upright size width x height) to upright RGB pixels.
 
-    `img` is the lazily opened PIL image, or None for a plain JPEG known from its header only
-    (see `_open_oriented`). With `fast`, JPEGs decode at a reduced DCT scale chosen so that the
-    box keeps at least out_w x out_h pixels: M/8 from _TRAIN_DCT_EIGHTHS with
-    `fractional_scale`, else from _EVAL_DCT_EIGHTHS (libjpeg-turbo via simplejpeg, falling back
-    to PIL's draft mode)."""
+    `img` is the lazily opened PIL image, or None for a JPEG known from its header only (see
+    `_open_oriented`). With `fast`, JPEGs decode at the smallest DCT scale M/8 (M in _DCT_EIGHTHS)
+    that leaves the upright `box` at least out_w x out_h pixels, as a uint8 (H', W', 3) array
+    (libjpeg-turbo via simplejpeg; PIL's draft mode where simplejpeg refuses the file). Anything
+    else decodes at full size, as a PIL image."""
     decoded = None
     if fast and (img is None or img.format == "JPEG") and isinstance(data, (bytes, bytearray)):
-        bw, bh = box[2] - box[0], box[3] - box[1]
-        req_w = math.ceil(width * out_w / max(bw, 1e-6))
-        req_h = math.ceil(height * out_h / max(bh, 1e-6))
+        req_w = math.ceil(width * out_w / max(box[2] - box[0], 1e-6))
+        req_h = math.ceil(height * out_h / max(box[3] - box[1], 1e-6))
         if orientation in _SWAPS_AXES:
             req_w, req_h = req_h, req_w
         if img is None or img.mode in ("RGB", "L"):
@@ -233,8 +233,7 @@ def _decode_region(img: Image.Image | None, data: bytes | np.ndarray, orientatio
                 raw_w, raw_h = img.size
             else:
                 raw_w, raw_h = (height, width) if orientation in _SWAPS_AXES else (width, height)
-            scales = _TRAIN_DCT_EIGHTHS if fractional_scale else _EVAL_DCT_EIGHTHS
-            eighths = _dct_eighths(raw_w, raw_h, req_w, req_h, scales)
+            eighths = _dct_eighths(raw_w, raw_h, req_w, req_h, _DCT_EIGHTHS)
             decoded = _scaled_jpeg(data, -(-raw_w * eighths // 8), -(-raw_h * eighths // 8))
         if decoded is None:
             if img is None:  # its header already passed the pixel budget
@@ -246,13 +245,44 @@ def _decode_region(img: Image.Image | None, data: bytes | np.ndarray, orientatio
     if decoded is None:
         decoded = to_rgb(img, where)
     if orientation in _TRANSPOSE_FOR_ORIENTATION:
+        if isinstance(decoded, np.ndarray):
+            decoded = Image.fromarray(decoded, "RGB")
         decoded = decoded.transpose(_TRANSPOSE_FOR_ORIENTATION[orientation])
-    sx, sy = decoded.size[0] / width, decoded.size[1] / height
-    scaled = (box[0] * sx, box[1] * sy, min(box[2] * sx, decoded.size[0]), min(box[3] * sy, decoded.size[1]))
+    return decoded
+
+
+def _resize_exact(pixels: np.ndarray | Image.Image, width: int, height: int,
+                  box: tuple[float, float, float, float], out_w: int, out_h: int, where: str) -> np.ndarray:
+    """PIL bicubic resize of the upright `box` (in width x height coordinates) of the decoded
+    pixels to (out_h, out_w, 3): exactly torchvision's / transformers' PIL resize at full size."""
+    img = Image.fromarray(pixels, "RGB") if isinstance(pixels, np.ndarray) else pixels
+    sx, sy = img.size[0] / width, img.size[1] / height
+    scaled = (box[0] * sx, box[1] * sy, min(box[2] * sx, img.size[0]), min(box[3] * sy, img.size[1]))
     try:
-        return decoded.resize((out_w, out_h), Image.Resampling.BICUBIC, box=scaled)
+        return np.asarray(img.resize((out_w, out_h), Image.Resampling.BICUBIC, box=scaled))
     except (OSError, ValueError) as e:  # lazily surfaced decoder errors
         raise BadRecord("decode_error", f"{where} resize: {e}") from None
+
+
+def _resize_crop_fast(pixels: np.ndarray | Image.Image, width: int, height: int,
+                      box: tuple[float, float, float, float], out_w: int, out_h: int) -> np.ndarray:
+    """Training crop: the upright `box` of the decoded pixels, rounded to whole decoded pixels
+    (a shift of under one decoded pixel, immaterial for a random crop), resized with OpenCV's
+    area filter when it shrinks (cubic when it grows) to (out_h, out_w, 3).
+
+    PIL's bicubic resize was 30% of the whole train transform. After a DCT-scaled decode, the
+    area filter lands as close to the full-size PIL bicubic reference as PIL bicubic itself does
+    (mean 1.3 grey levels on 640x480 JPEGs cropped to 224), at a fraction of the cost;
+    evaluation keeps `_resize_exact`."""
+    arr = np.asarray(pixels)
+    h, w = arr.shape[:2]
+    sx, sy = w / width, h / height
+    x0 = min(int(round(box[0] * sx)), w - 1)
+    y0 = min(int(round(box[1] * sy)), h - 1)
+    x1 = max(min(int(round(box[2] * sx)), w), x0 + 1)
+    y1 = max(min(int(round(box[3] * sy)), h), y0 + 1)
+    shrinks = x1 - x0 >= out_w and y1 - y0 >= out_h
+    return cv2.resize(arr[y0:y1, x0:x1], (out_w, out_h), interpolation=cv2.INTER_AREA if shrinks else cv2.INTER_CUBIC)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -469,11 +499,14 @@ class TrainImageTransform:
         left, top, cw, ch = random_resized_crop_params(rng, w, h, (self.min_scale, self.max_scale),
                                                        self.ratio)
         s = self.image_size
-        out = _decode_region(img, image, orientation, w, h, (left, top, left + cw, top + ch), s, s,
-                             self.fast_decode, where, fractional_scale=True)
+        box = (left, top, left + cw, top + ch)
+        pixels = _decode_upright(img, image, orientation, w, h, box, s, s, self.fast_decode, where)
+        if self.fast_decode:
+            arr = _resize_crop_fast(pixels, w, h, box, s, s)
+        else:  # the reference: torchvision's RandomResizedCrop on a full-size PIL image
+            arr = _resize_exact(pixels, w, h, box, s, s, where)
         if self.hflip and rng.random() < 0.5:
-            out = out.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
-        arr = np.asarray(out)
+            arr = cv2.flip(np.ascontiguousarray(arr), 1)
         if self.randaugment is not None:
             arr = self.randaugment(arr, rng)
         return normalize(arr) if self.normalize else np.ascontiguousarray(arr)
@@ -494,6 +527,6 @@ class EvalImageTransform:
         del rng
         img, orientation, w, h = _open_oriented(image, self.max_pixels, where, self.fast_decode)
         s = self.image_size
-        out = np.asarray(_decode_region(img, image, orientation, w, h, (0, 0, w, h), s, s, self.fast_decode,
-                                        where))
+        pixels = _decode_upright(img, image, orientation, w, h, (0, 0, w, h), s, s, self.fast_decode, where)
+        out = _resize_exact(pixels, w, h, (0, 0, w, h), s, s, where)
         return normalize(out) if self.normalize else np.ascontiguousarray(out)

@@ -266,3 +266,27 @@ def test_dataset_spec_validation():
     c = collections.Counter(P.DatasetSpec.from_any(dict(name="x", format="tfds", paths="coco")).paths)
     assert c == {"coco": 1}
     assert isinstance(grain.IterDataset, type)
+
+
+@pytest.mark.parametrize("exact", [False, True])
+def test_exact_crops_config_reaches_the_train_transform(monkeypatch, exact):
+    import importlib.util
+
+    from blip_jax.train import tasks
+
+    spec = importlib.util.spec_from_file_location(
+        "pretrain_tiny", os.path.join(os.path.dirname(__file__), "..", "configs", "pretrain_tiny.py"))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    cfg = module.get_config()
+    assert cfg.data.exact_crops is False  # the default
+    cfg.data.exact_crops = exact
+    seen = {}
+
+    def fake_train_pipeline(datasets, proc, opts, num_epochs=None):
+        seen["transform"] = proc.image_transform
+        return None
+
+    monkeypatch.setattr(P, "train_pipeline", fake_train_pipeline)
+    tasks.build_pipeline(cfg, tokenizer=None, specs=[], per_process_batch=4)
+    assert seen["transform"].fast_decode is (not exact)

@@ -293,6 +293,13 @@ def test_jpeg_header_path_skips_pil_and_equals_pil_path(monkeypatch):
     assert T._jpeg_header(_encode(_photo(), "PNG")) is None
     assert T._jpeg_header(plain[:2] + b"\x00" * 20) is None  # not a marker after SOI
     assert T._jpeg_exif_block(tagged)[:6] == b"Exif\x00\x00"
+    # a COM segment and a fill byte before the EXIF block, a TEM marker (no length) after it
+    comment = b"\xff\xfe\x00\x07hello"
+    odd = tagged[:2] + comment + b"\xff" + tagged[2:4] + tagged[4:]
+    assert T._jpeg_header(odd) == (200, 150, 6)
+    sos = plain.index(b"\xff\xda")
+    assert T._jpeg_header(plain[:sos] + b"\xff\x01" + plain[sos:]) == (200, 150, 1)
+    assert T._jpeg_header(plain[:sos]) is None  # header cut before the scan
 
     opened = []
     real_open = T.open_image

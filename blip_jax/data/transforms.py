@@ -176,6 +176,9 @@ def _jpeg_exif_block(data: bytes) -> bytes | None:
             continue
         if marker == 0xDA:  # start of scan: the header is over
             return exif
+        if marker == 0x01 or 0xD0 <= marker <= 0xD7:  # markers without a length field
+            pos += 2
+            continue
         length = int.from_bytes(data[pos + 2:pos + 4], "big")
         if marker == 0xE1 and not exif and data[pos + 4:pos + 10] == b"Exif\x00\x00":
             exif = data[pos + 4:pos + 2 + length]

@@ -270,17 +270,12 @@ def test_dataset_spec_validation():
 
 @pytest.mark.parametrize("exact", [False, True])
 def test_exact_crops_config_reaches_the_train_transform(monkeypatch, exact):
-    import importlib.util
-
+    from blip_jax.config_loader import load_config
     from blip_jax.train import tasks
 
-    spec = importlib.util.spec_from_file_location(
-        "pretrain_tiny", os.path.join(os.path.dirname(__file__), "..", "configs", "pretrain_tiny.py"))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    cfg = module.get_config()
-    assert cfg.data.exact_crops is False  # the default
-    cfg.data.exact_crops = exact
+    path = os.path.join(os.path.dirname(__file__), "..", "configs", "pretrain_tiny.py")
+    assert load_config(path).data.exact_crops is False  # the default
+    cfg = load_config(path, [f"--config.data.exact_crops={exact}"])  # as on the command line
     seen = {}
 
     def fake_train_pipeline(datasets, proc, opts, num_epochs=None):

@@ -2,7 +2,7 @@
 
 Speed matters here (the host has to feed the accelerator), so the train path
 - reads JPEG headers (size, EXIF orientation) without PIL's parser;
-- decodes JPEGs with libjpeg-turbo (simplejpeg) at a reduced DCT scale M/8 chosen so that the
+- decodes JPEGs with libjpeg-turbo (simplejpeg) at a reduced DCT scale 1/2^k chosen so that the
   crop window still has at least `image_size` pixels per side (no added upsampling); PIL's
   draft mode is the fallback;
 - resizes the crop view with OpenCV's area filter (`_resize_crop_fast`: as close to the
@@ -31,7 +31,7 @@ import cv2
 import numpy as np
 from PIL import Image
 
-try:  # libjpeg-turbo with arbitrary M/8 DCT scaling; PIL's draft mode is the fallback
+try:  # libjpeg-turbo with DCT-domain scaling; PIL's draft mode is the fallback
     import simplejpeg
 except ImportError:  # pragma: no cover - simplejpeg is an install requirement
     simplejpeg = None
@@ -206,10 +206,10 @@ def _scaled_jpeg(data: bytes, min_w: int, min_h: int) -> np.ndarray | None:
 _DCT_EIGHTHS = (1, 2, 4)
 
 
-def _dct_eighths(raw_w: int, raw_h: int, req_w: int, req_h: int, scales: tuple[int, ...]) -> int:
-    """The smallest M in `scales` whose M/8 decode (libjpeg size: ceil(raw * M / 8)) still has
-    req_w x req_h pixels; 8 (full size) when none does."""
-    for m in scales:
+def _dct_eighths(raw_w: int, raw_h: int, req_w: int, req_h: int) -> int:
+    """The smallest M in _DCT_EIGHTHS whose M/8 decode (libjpeg size: ceil(raw * M / 8)) still
+    has req_w x req_h pixels; 8 (full size) when none does."""
+    for m in _DCT_EIGHTHS:
         if -(-raw_w * m // 8) >= req_w and -(-raw_h * m // 8) >= req_h:
             return m
     return 8
@@ -236,7 +236,7 @@ def _decode_upright(img: Image.Image | None, data: bytes | np.ndarray, orientati
                 raw_w, raw_h = img.size
             else:
                 raw_w, raw_h = (height, width) if orientation in _SWAPS_AXES else (width, height)
-            eighths = _dct_eighths(raw_w, raw_h, req_w, req_h, _DCT_EIGHTHS)
+            eighths = _dct_eighths(raw_w, raw_h, req_w, req_h)
             decoded = _scaled_jpeg(data, -(-raw_w * eighths // 8), -(-raw_h * eighths // 8))
         if decoded is None:
             if img is None:  # its header already passed the pixel budget

@@ -85,9 +85,9 @@ def resolve_attention_implementation(name: str, dtype, masked: bool = False) -> 
 
 # On CPU, the (B, N, T, S) float32 scores of long sequences (ViT-B/16 at 384: 8 images x 12
 # heads x 577^2 = 128 MB) do not stay in cache, and every softmax pass streams them through memory.
-# On CPU, inference attention over many scores runs in chunks of at most this many scores, each
-# chunk a few (batch, head) rows with 3-D matmuls: its scores then stay in cache through the
-# softmax, and the small-K query-key matmul runs 1.5x faster than as one 4-D batched dot.
+# Inference attention there runs in chunks of at most this many scores, each chunk a few
+# (batch, head) rows with 3-D matmuls: its scores then stay in cache through the softmax, and the
+# small-K query-key matmul runs 1.5x faster than as one 4-D batched dot.
 # ViT-B/16@384 attention at batch 8: 89 -> 57 ms a layer. Training is not chunked: the pretraining
 # step at 224 went from 9.6 to 10.9 s with it (benchmarks/train_step.py). Accelerators need none.
 CPU_ATTENTION_CHUNK_SCORES = 2 * 2**20

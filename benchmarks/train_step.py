@@ -50,17 +50,37 @@ def make_batch(args, seed=0) -> dict:
             "input_ids": np.where(mask == 1, ids, 0), "attention_mask": mask}
 
 
-def time_steps(step, state, batch, steps: int) -> tuple[float, float]:
-    """(compile + first step seconds, mean seconds per step after that)."""
+def time_steps(step, state, batch, steps: int, profile_dir: str = "") -> tuple[float, float]:
+    """(compile + first step seconds, mean seconds per step after that).
+
+    With ``profile_dir``, two more steps run under jax.profiler (perfetto trace) and the compiled
+    step's HLO is written beside it, for benchmarks/profile_summary.py."""
     t0 = time.perf_counter()
-    state, m = step(state, batch)
+    compiled = step.lower(state, batch).compile()
+    state, m = compiled(state, batch)
     jax.block_until_ready(m)
     first = time.perf_counter() - t0
     t0 = time.perf_counter()
     for _ in range(steps):
-        state, m = step(state, batch)
+        state, m = compiled(state, batch)
     jax.block_until_ready(m)
-    return first, (time.perf_counter() - t0) / steps
+    dt = (time.perf_counter() - t0) / steps
+    if profile_dir:
+        from profile_summary import summarize
+
+        os.makedirs(profile_dir, exist_ok=True)
+        hlo_path = os.path.join(profile_dir, "step.hlo.txt")
+        with open(hlo_path, "w") as f:
+            f.write(compiled.as_text())
+        with jax.profiler.trace(profile_dir, create_perfetto_trace=True):
+            for _ in range(2):
+                state, m = compiled(state, batch)
+            jax.block_until_ready(m)
+        summary = summarize(profile_dir, hlo_path)
+        with open(os.path.join(profile_dir, "summary.txt"), "w") as f:
+            f.write(summary)
+        print(summary[:3000])
+    return first, dt
 
 
 def bench_pretrain(args, config, batch):
@@ -68,7 +88,8 @@ def bench_pretrain(args, config, batch):
     tx = optax.adamw(1e-4, weight_decay=0.05)
     state = create_train_state(params, rest, ema, tx, jax.random.key(0), args.queue_size, 256)
     step = jax.jit(make_train_step(gd, mgd, tx, lambda s: 1e-4, ObjectiveConfig()), donate_argnums=0)
-    first, dt = time_steps(step, state, jax.device_put(batch), args.steps)
+    first, dt = time_steps(step, state, jax.device_put(batch), args.steps,
+                           args.profile and os.path.join(args.profile, "pretrain"))
     return first, dt, flops_lib.pretrain_step_flops(config, args.batch, args.text_len, args.image_size)
 
 
@@ -79,7 +100,8 @@ def bench_caption_ours(args, config, batch):
     bos = config.text_config.bos_token_id
     step = jax.jit(make_supervised_step(gd, tx, lambda s: 1e-4, lambda m, b: caption_loss(m, b, 0.1, bos)),
                    donate_argnums=0)
-    first, dt = time_steps(step, state, jax.device_put(batch), args.steps)
+    first, dt = time_steps(step, state, jax.device_put(batch), args.steps,
+                           args.profile and os.path.join(args.profile, "caption"))
     return first, dt, flops_lib.caption_step_flops(config, args.batch, args.text_len, args.image_size)
 
 
@@ -129,6 +151,9 @@ def main():
     p.add_argument("--remat", action="store_true")
     p.add_argument("--skip-hf", action="store_true")
     p.add_argument("--skip-pretrain", action="store_true")
+    p.add_argument("--skip-caption", action="store_true")
+    p.add_argument("--profile", default="", help="trace two more steps of each into this folder and summarise "
+                   "where the device time goes (benchmarks/profile_summary.py)")
     p.add_argument("--out", default="", help="write the results as JSON here too")
     args = p.parse_args()
 
@@ -159,10 +184,11 @@ def main():
     if not args.skip_pretrain:
         first, dt, fl = bench_pretrain(args, config, batch)
         rows.append(("pretrain step (ITC+ITM+LM)", first, dt, fl))
-    first, dt, fl = bench_caption_ours(args, config, batch)
-    rows.append(("caption step, blip-jax", first, dt, fl))
+    if not args.skip_caption:
+        first, dt, fl = bench_caption_ours(args, config, batch)
+        rows.append(("caption step, blip-jax", first, dt, fl))
     hf_dt = None
-    if not args.skip_hf:
+    if not args.skip_hf and not args.skip_caption:
         first_hf, hf_dt = bench_caption_hf(args, batch)
         rows.append(("caption step, transformers", first_hf, hf_dt, fl))
     if not table_peak:

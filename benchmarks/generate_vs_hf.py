@@ -44,6 +44,8 @@ def parse_args(argv=None):
     p.add_argument("--text-layers", type=int, default=12)
     p.add_argument("--matmul-size", type=int, default=0, help="peak-matmul size (0: 2048 on CPU, 8192 otherwise)")
     p.add_argument("--json", default=None, help="also write the results to this file")
+    p.add_argument("--profile", default="", help="trace one call of ours per mode into this folder and print "
+                   "where the device time goes (benchmarks/profile_summary.py)")
     return p.parse_args(argv)
 
 
@@ -172,6 +174,13 @@ def main(argv=None):
                      f"{r['ratio']:.2f}x | identical ids: {same} (rows {rows_same:.0%})")
         print(line, flush=True)
         results["modes"][mode] = r
+        if args.profile:
+            from profile_summary import summarize
+
+            trace_dir = os.path.join(args.profile, mode)
+            with jax.profiler.trace(trace_dir, create_perfetto_trace=True):
+                run_ours()
+            print(summarize(trace_dir, top=15), flush=True)
 
     # Vision encoder throughput vs a dense matmul peak, both measured now on this device.
     graphdef, state = nnx.split(ours.vision_model)

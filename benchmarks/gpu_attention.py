@@ -13,6 +13,7 @@ max abs error of the output against a float32 XLA reference.
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import time
 
@@ -20,7 +21,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from blip_jax.models.layers import xla_attention
+from blip_jax.models.layers import cudnn_attention, xla_attention
 
 
 def _median_ms(f, *args, repeats=20):
@@ -58,6 +59,21 @@ def cudnn(q, k, v, lengths, causal, pad_to=0):
     return out[:, :t]
 
 
+def _time_variant(fn, q, k, v, ref, rng) -> dict:
+    r = {}
+    try:
+        fwd = jax.jit(fn)
+        out = fwd(q, k, v)
+        r["max_abs_err"] = float(jnp.abs(out.astype(jnp.float32) - ref).max())
+        r["fwd_ms"] = _median_ms(fwd, q, k, v)
+        cot = jnp.asarray(rng.normal(size=out.shape), jnp.bfloat16)
+        grad = jax.jit(jax.grad(lambda q, k, v, c: (fn(q, k, v).astype(jnp.float32) * c).sum(), argnums=(0, 1, 2)))
+        r["fwd_bwd_ms"] = _median_ms(grad, q, k, v, cot)
+    except Exception as e:  # noqa: BLE001 - a refused shape is a result here
+        r["error"] = f"{type(e).__name__}: {str(e)[:200]}"
+    return r
+
+
 def main():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--batch", type=int, default=96)
@@ -76,25 +92,15 @@ def main():
         q, k, v = (jnp.asarray(rng.normal(size=(b, L, n, h)), jnp.bfloat16) for L in (t, s, s))
         lens = jnp.asarray(lengths if lengths is not None else np.full(b, s), jnp.int32)
         ref = ours(*(a.astype(jnp.float32) for a in (q, k, v)), lens, causal)
-        variants = {"xla (ours)": lambda q, k, v: ours(q, k, v, lens, causal),
-                    "cudnn": lambda q, k, v: cudnn(q, k, v, None if lengths is None else lens, causal)}
+        variants = {"xla (ours)": functools.partial(ours, lengths=lens, causal=causal),
+                    "cudnn": functools.partial(cudnn, lengths=None if lengths is None else lens, causal=causal)}
         if s % 64:
-            variants["cudnn pad64"] = lambda q, k, v: cudnn(q, k, v, lens, causal, pad_to=64)
+            variants["cudnn pad64"] = functools.partial(cudnn, lengths=lens, causal=causal, pad_to=64)
+        if lengths is None and not causal:
+            variants["cudnn_attention"] = cudnn_attention  # the library's padded path (blip_jax.models.layers)
         results[name] = {}
         for vname, fn in variants.items():
-            r = {}
-            try:
-                fwd = jax.jit(fn)
-                out = fwd(q, k, v)
-                r["max_abs_err"] = float(jnp.abs(out.astype(jnp.float32) - ref).max())
-                r["fwd_ms"] = _median_ms(fwd, q, k, v)
-                cot = jnp.asarray(rng.normal(size=out.shape), jnp.bfloat16)
-                grad = jax.jit(jax.grad(lambda q, k, v: (fn(q, k, v).astype(jnp.float32) * cot).sum(),
-                                        argnums=(0, 1, 2)))
-                r["fwd_bwd_ms"] = _median_ms(grad, q, k, v)
-            except Exception as e:  # noqa: BLE001 - a refused shape is a result here
-                r["error"] = f"{type(e).__name__}: {str(e)[:200]}"
-            results[name][vname] = r
+            r = results[name][vname] = _time_variant(fn, q, k, v, ref, rng)
             rows.append((name, vname, r))
     print(f"\n{'case':28s} {'impl':12s} {'fwd ms':>8s} {'f+b ms':>8s} {'err':>8s}")
     for name, vname, r in rows:

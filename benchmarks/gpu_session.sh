@@ -2,7 +2,7 @@
 # The device checks of one GPU lease in one call (see README "Benchmarks"). Parts run in the
 # order given; each writes its results to $OUT (default ./gpu_out), and one failing part does
 # not stop the rest.
-#   bash benchmarks/gpu_session.sh attention train gen gen_cmdbuf train_b192 numerics
+#   bash benchmarks/gpu_session.sh attention gen train pretrain pretrain_nocb train_b192 numerics
 set -u
 OUT=$(mkdir -p "${OUT:-gpu_out}" && cd "${OUT:-gpu_out}" && pwd)
 export PYTHONUNBUFFERED=1 PYTHONPATH="$PWD:$PWD/benchmarks:${PYTHONPATH:-}"
@@ -22,8 +22,12 @@ for part in "$@"; do
     attention) timeout 75 python3 benchmarks/gpu_attention.py --batch 96 --json "$OUT/attention.json" ;;
     train) timeout 200 "${train[@]}" --batch 96 --profile /tmp/prof --out "$OUT/train_b96.json"
            tar czf "$OUT/prof_b96.tgz" -C /tmp --exclude='*.xplane.pb' --exclude='*.trace.json.gz' prof ;;
-    train_b192) timeout 150 "${train[@]}" --batch 192 --skip-caption --out "$OUT/train_b192.json" ;;
-    gen) timeout 110 "${gen[@]}" --json "$OUT/gen_bf16.json" ;;
+    pretrain) timeout 150 "${train[@]}" --batch 96 --skip-caption --profile /tmp/prof --out "$OUT/pretrain_b96.json"
+              tar czf "$OUT/prof_b96.tgz" -C /tmp --exclude='*.xplane.pb' --exclude='*.trace.json.gz' prof ;;
+    pretrain_nocb) timeout 130 "${train[@]}" --batch 96 --skip-caption --command-buffers off \
+                     --out "$OUT/pretrain_b96_nocb.json" ;;
+    train_b192) timeout 140 "${train[@]}" --batch 192 --skip-caption --out "$OUT/train_b192.json" ;;
+    gen) timeout 100 "${gen[@]}" --profile /tmp/genprof --json "$OUT/gen_bf16.json" ;;
     gen_cmdbuf) XLA_FLAGS="--xla_gpu_enable_command_buffer=+WHILE,+CONDITIONAL" \
                   timeout 55 "${gen[@]}" --skip-hf --json "$OUT/gen_bf16_cmdbuf.json" ;;
     numerics) timeout 120 python3 benchmarks/gpu_numerics.py --json "$OUT/numerics.json" ;;

@@ -22,6 +22,7 @@ import numpy as np
 import optax
 from flax import nnx
 
+from blip_jax.compiler_options import COMMAND_BUFFER_CHOICES, train_compiler_options
 from blip_jax.configuration import BlipConfig, BlipTextConfig, BlipVisionConfig
 from blip_jax.models.blip import BlipForConditionalGeneration
 from blip_jax.models.pretrain import BlipPretrain
@@ -87,7 +88,8 @@ def bench_pretrain(args, config, batch):
     gd, params, rest, mgd, ema = split_model(BlipPretrain(config, rngs=nnx.Rngs(0)))
     tx = optax.adamw(1e-4, weight_decay=0.05)
     state = create_train_state(params, rest, ema, tx, jax.random.key(0), args.queue_size, 256)
-    step = jax.jit(make_train_step(gd, mgd, tx, lambda s: 1e-4, ObjectiveConfig()), donate_argnums=0)
+    step = jax.jit(make_train_step(gd, mgd, tx, lambda s: 1e-4, ObjectiveConfig()), donate_argnums=0,
+                   compiler_options=train_compiler_options(args.command_buffers))
     first, dt = time_steps(step, state, jax.device_put(batch), args.steps,
                            args.profile and os.path.join(args.profile, "pretrain"))
     return first, dt, flops_lib.pretrain_step_flops(config, args.batch, args.text_len, args.image_size)
@@ -99,7 +101,7 @@ def bench_caption_ours(args, config, batch):
     state = create_train_state(params, rest, None, tx, jax.random.key(0))
     bos = config.text_config.bos_token_id
     step = jax.jit(make_supervised_step(gd, tx, lambda s: 1e-4, lambda m, b: caption_loss(m, b, 0.1, bos)),
-                   donate_argnums=0)
+                   donate_argnums=0, compiler_options=train_compiler_options(args.command_buffers))
     first, dt = time_steps(step, state, jax.device_put(batch), args.steps,
                            args.profile and os.path.join(args.profile, "caption"))
     return first, dt, flops_lib.caption_step_flops(config, args.batch, args.text_len, args.image_size)
@@ -152,6 +154,8 @@ def main():
     p.add_argument("--skip-hf", action="store_true")
     p.add_argument("--skip-pretrain", action="store_true")
     p.add_argument("--skip-caption", action="store_true")
+    p.add_argument("--command-buffers", default="default", choices=COMMAND_BUFFER_CHOICES,
+                   help="XLA GPU command buffers (CUDA graphs) for the steps (blip_jax.compiler_options)")
     p.add_argument("--profile", default="", help="trace two more steps of each into this folder and summarise "
                    "where the device time goes (benchmarks/profile_summary.py)")
     p.add_argument("--out", default="", help="write the results as JSON here too")

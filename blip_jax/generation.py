@@ -34,12 +34,15 @@ K beams.
 from __future__ import annotations
 
 import dataclasses
+import functools
 from typing import Any
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import nnx
+
+from blip_jax.compiler_options import decode_compiler_options
 
 _NEG = -1.0e9  # HF's "impossible" beam score; must be the same constant for identical tie-breaking
 
@@ -430,13 +433,16 @@ def _generate_impl(static_graphdef, state, pixel_values, prompt_ids, prompt_mask
     return decode(model.text_decoder, cross_kv, prompt_ids, prompt_mask, rng, settings)
 
 
-_generate_jit = jax.jit(_generate_impl, static_argnames=("static_graphdef", "task", "settings",
-                                                         "interpolate_pos_encoding"))
+@functools.cache
+def _generate_jit():
+    """The jitted entry point, built on first use: its compiler options depend on the backend."""
+    return jax.jit(_generate_impl, static_argnames=("static_graphdef", "task", "settings", "interpolate_pos_encoding"),
+                   compiler_options=decode_compiler_options())
 
 
 def compiled_cache_size() -> int:
     """Number of programs compiled so far (for checking that repeated calls do not recompile)."""
-    return _generate_jit._cache_size()
+    return _generate_jit()._cache_size()
 
 
 def _as_ids(x, name: str) -> np.ndarray:
@@ -475,7 +481,7 @@ def _run(model, task, pixel_values, prompt_ids, prompt_mask, question_ids, quest
     if rng is None:
         rng = jax.random.key(0)  # unused by greedy / beam search; keeps the signature fixed
     graphdef, state = nnx.split(model)
-    seqs, length = _generate_jit(
+    seqs, length = _generate_jit()(
         _StaticGraphDef(graphdef, model), state, jnp.asarray(pixel_values), jnp.asarray(prompt_ids, jnp.int32),
         jnp.asarray(prompt_mask, jnp.int32), question_ids, question_mask, rng,
         task=task, settings=settings, interpolate_pos_encoding=bool(interpolate_pos_encoding),

@@ -146,3 +146,47 @@ def test_fused_attention_path_layouts(monkeypatch, masked):
     monkeypatch.setattr(layers, "resolve_attention_implementation", lambda *a, **k: "xla")
     fused, _ = attn(x, mask=mask)
     np.testing.assert_allclose(fused, ours, atol=1e-5)
+
+
+def test_cudnn_attention_padding(monkeypatch):
+    """Odd lengths (ViT: 197 tokens) reach cuDNN padded to a multiple of 64, the padding masked by
+    sequence lengths: run that call with jax's XLA implementation and compare outputs and gradients
+    with unpadded attention."""
+    seen = []
+    real = jax.nn.dot_product_attention
+
+    def on_xla(q, k, v, **kw):
+        assert kw.pop("implementation") == "cudnn"
+        seen.append((q.shape[1], k.shape[1], kw.get("key_value_seq_lengths") is not None))
+        return real(q, k, v, implementation="xla", **kw)
+
+    monkeypatch.setattr(jax.nn, "dot_product_attention", on_xla)
+    q, k, v = (jax.random.normal(jax.random.key(i), (2, 13, 4, 8)) for i in range(3))
+    cot = jax.random.normal(jax.random.key(3), (2, 13, 4, 8))
+    hm = lambda a: a.transpose(0, 2, 1, 3)  # noqa: E731
+
+    def loss(f):
+        return lambda q, k, v: (f(q, k, v) * cot).sum()
+
+    padded = layers.cudnn_attention(q, k, v)
+    plain = hm(layers.xla_attention(hm(q), hm(k), hm(v), None))
+    assert padded.shape == plain.shape and seen[0] == (64, 64, True)
+    np.testing.assert_allclose(padded, plain, atol=1e-5)
+    g_pad = jax.grad(loss(layers.cudnn_attention), argnums=(0, 1, 2))(q, k, v)
+    g_ref = jax.grad(loss(lambda q, k, v: hm(layers.xla_attention(hm(q), hm(k), hm(v), None))), argnums=(0, 1, 2))(
+        q, k, v)
+    for a, b in zip(g_pad, g_ref):
+        np.testing.assert_allclose(a, b, atol=1e-5)
+
+
+def test_auto_attention_choice(monkeypatch):
+    """'auto' on a GPU: cuDNN for unmasked 16-bit self-attention only; XLA for masks, cross-attention,
+    float32, and everywhere on CPU."""
+    resolve = layers.resolve_attention_implementation
+    assert resolve("auto", jnp.bfloat16) is None  # CPU
+    monkeypatch.setattr(jax, "default_backend", lambda: "gpu")
+    assert resolve("auto", jnp.bfloat16) == "cudnn"
+    assert resolve("auto", jnp.bfloat16, masked=True) is None
+    assert resolve("auto", jnp.bfloat16, self_attention=False) is None
+    assert resolve("auto", jnp.float32) is None
+    assert resolve("xla", jnp.bfloat16) is None and resolve("cudnn", jnp.float32) == "cudnn"

@@ -19,6 +19,7 @@ import time
 import jax
 import ml_collections
 
+from blip_jax.compiler_options import train_compiler_options
 from blip_jax.configuration import BlipConfig, BlipTextConfig, BlipVisionConfig
 from blip_jax.train import flops as flops_lib
 from blip_jax.train import mesh as mesh_lib
@@ -203,7 +204,8 @@ def train(cfg: ml_collections.ConfigDict, workdir: str) -> TrainResult:
 
     batch_sharding = mesh_lib.batch_sharding(mesh)
     jitted = jax.jit(step_fn, in_shardings=(shardings, batch_sharding),
-                     out_shardings=(shardings, mesh_lib.replicated(mesh)), donate_argnums=0)
+                     out_shardings=(shardings, mesh_lib.replicated(mesh)), donate_argnums=0,
+                     compiler_options=train_compiler_options())
     first_local = next(data_iter)
     first = make_global_batch(first_local, mesh)
     t0 = time.time()

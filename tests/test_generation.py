@@ -231,3 +231,23 @@ def test_argument_validation(caption_models):
         ours.generate(pixels, num_beams=2, num_return_sequences=3)
     with pytest.raises(ValueError, match="max_length"):
         ours.generate(pixels, input_ids=PROMPT, max_length=4)
+
+
+def test_generate_reads_weights_updated_in_place(caption_models):
+    """The graph walk is cached per model, but every call reads the current parameter values."""
+    from flax import nnx
+
+    _, ours = caption_models
+    model = BlipForConditionalGeneration(ours.config, rngs=nnx.Rngs(1))
+    other = BlipForConditionalGeneration(ours.config, rngs=nnx.Rngs(2))
+    px = _pixels()
+    nnx.update(model, nnx.state(ours))
+    first = np.asarray(model.generate(px, max_length=10))
+    np.testing.assert_array_equal(first, np.asarray(ours.generate(px, max_length=10)))
+    nnx.update(model, nnx.state(other))
+    second = np.asarray(model.generate(px, max_length=10))
+    assert not np.array_equal(first, second)
+    np.testing.assert_array_equal(second, np.asarray(other.generate(px, max_length=10)))
+    assert model in generation._SPLIT_CACHE
+    generation.clear_split_cache(model)
+    assert model not in generation._SPLIT_CACHE

@@ -44,6 +44,8 @@ def parse_args(argv=None):
     p.add_argument("--text-layers", type=int, default=12)
     p.add_argument("--matmul-size", type=int, default=0, help="peak-matmul size (0: 2048 on CPU, 8192 otherwise)")
     p.add_argument("--json", default=None, help="also write the results to this file")
+    p.add_argument("--command-buffer-update", default="default", choices=["default", "stable"],
+                   help="the generation program's XLA command-buffer update mode (blip_jax.compiler_options)")
     p.add_argument("--profile", default="", help="trace one call of ours per mode into this folder and print "
                    "where the device time goes (benchmarks/profile_summary.py)")
     return p.parse_args(argv)
@@ -68,8 +70,11 @@ def main(argv=None):
     from flax import nnx
 
     sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
+    from blip_jax import compiler_options
     from blip_jax.configuration import BlipConfig, BlipTextConfig, BlipVisionConfig
     from blip_jax.models.blip import BlipForConditionalGeneration
+
+    compiler_options.DECODE_COMMAND_BUFFER_UPDATE = args.command_buffer_update
     from blip_jax.train.flops import vision_forward_flops
     from blip_jax.train.metrics import measure_matmul_flops
 

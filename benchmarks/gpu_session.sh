@@ -2,7 +2,8 @@
 # The device checks of one GPU lease in one call (see README "Benchmarks"). Parts run in the
 # order given; each writes its results to $OUT (default ./gpu_out), and one failing part does
 # not stop the rest.
-#   bash benchmarks/gpu_session.sh attention gen train pretrain pretrain_nocb train_b192 numerics
+#   bash benchmarks/gpu_session.sh attention gen gen_stable train pretrain pretrain_stable pretrain_nocb \
+#     train_b192 numerics
 set -u
 OUT=$(mkdir -p "${OUT:-gpu_out}" && cd "${OUT:-gpu_out}" && pwd)
 export PYTHONUNBUFFERED=1 PYTHONPATH="$PWD:$PWD/benchmarks:${PYTHONPATH:-}"
@@ -26,6 +27,9 @@ for part in "$@"; do
               tar czf "$OUT/prof_b96.tgz" -C /tmp --exclude='*.xplane.pb' --exclude='*.trace.json.gz' prof ;;
     pretrain_nocb) timeout 130 "${train[@]}" --batch 96 --skip-caption --command-buffers off \
                      --out "$OUT/pretrain_b96_nocb.json" ;;
+    pretrain_stable) timeout 130 "${train[@]}" --batch 96 --skip-caption --command-buffer-update stable \
+                       --out "$OUT/pretrain_b96_stable.json" ;;
+    gen_stable) timeout 60 "${gen[@]}" --skip-hf --command-buffer-update stable --json "$OUT/gen_bf16_stable.json" ;;
     train_b192) timeout 140 "${train[@]}" --batch 192 --skip-caption --out "$OUT/train_b192.json" ;;
     gen) timeout 100 "${gen[@]}" --profile /tmp/genprof --json "$OUT/gen_bf16.json" ;;
     gen_cmdbuf) XLA_FLAGS="--xla_gpu_enable_command_buffer=+WHILE,+CONDITIONAL" \

@@ -2,11 +2,12 @@
 
     python benchmarks/profile_summary.py TRACE_DIR [--hlo step.hlo.txt] [--top 40]
 
-Sums the device events (GPU kernels, or the XLA thunks of a CPU run) per HLO op and per kind
-(matmul, attention, copy/transpose, the rest), and compares the device-busy time with the traced
-wall time: a large gap means launch or host overhead, not slow kernels. With ``--hlo`` (the
-compiled step's ``as_text()``) each op is shown with the first line of its HLO, so a fusion name
-reads as what it computes.
+Sums the device events (GPU kernels, or the XLA thunks of a CPU run) per kernel and per kind
+(matmul, attention, copy/transpose, the rest), compares the device-busy time with the traced
+wall time (a large gap means launch or host overhead, not slow kernels) and lists the XLA
+runtime's host events (e.g. command_buffer::update, the re-recording of a CUDA graph). With
+``--hlo`` (the compiled step's ``as_text()``) each fusion kernel is shown with its result shape
+and the jax op it came from.
 """
 
 from __future__ import annotations
@@ -44,7 +45,7 @@ def kind_of(kernel: str, op: str) -> str:
 
 
 def _hlo_lines(path: str | None) -> dict[str, str]:
-    """op name -> its defining HLO line (instructions of the entry and nested computations)."""
+    """op name -> its defining HLO line; names are also keyed with '.' -> '_' (GPU kernel names)."""
     if not path:
         return {}
     lines = {}
@@ -52,14 +53,26 @@ def _hlo_lines(path: str | None) -> dict[str, str]:
         for line in f:
             m = re.match(r"\s*(?:ROOT )?%?([\w.\-]+) = (.*)", line)
             if m:
-                lines.setdefault(m.group(1), m.group(2)[:160])
+                lines.setdefault(m.group(1), m.group(2))
+                lines.setdefault(m.group(1).replace(".", "_"), m.group(2))
     return lines
+
+
+def _describe(hlo_line: str) -> str:
+    """'bf16[96,197,768] <- jit(train_step)/.../mul': the result shape and the op's source name."""
+    if not hlo_line:
+        return ""
+    meta = re.search(r'op_name="([^"]+)"', hlo_line)
+    tuple_shape = hlo_line.startswith("(") and ") " in hlo_line
+    shape = hlo_line[: hlo_line.index(") ") + 1] if tuple_shape else hlo_line.split(" ")[0]
+    return f"{shape[:60]} <- {meta.group(1)[-80:] if meta else ''}"
 
 
 def summarize(trace_dir: str, hlo_path: str | None = None, top: int = 40) -> str:
     events = _load_events(trace_dir)
     process = {e["pid"]: e["args"]["name"] for e in events if e.get("ph") == "M" and e.get("name") == "process_name"}
     device_pids = {pid for pid, name in process.items() if "/device:" in name}
+    host_pids = set(process) - device_pids
     if not device_pids:  # CPU runs: the XLA thunks on the host's PjRt client threads
         device_pids = set(process)
     kernels = [e for e in events if e.get("ph") == "X" and e.get("pid") in device_pids and "dur" in e
@@ -78,24 +91,31 @@ def summarize(trace_dir: str, hlo_path: str | None = None, top: int = 40) -> str
         else:
             cur_e = max(cur_e, s + d)
     busy += cur_e - cur_s
-    per_op = collections.defaultdict(lambda: [0.0, 0, ""])
+    # Kernels inside CUDA graphs all carry their command buffer as hlo_op; the kernel name (an
+    # HLO fusion name with '_' for '.', or a library kernel) says what ran.
+    per_kernel = collections.defaultdict(lambda: [0.0, 0])
     per_kind = collections.Counter()
     for e in kernels:
-        op = e["args"]["hlo_op"]
-        row = per_op[op]
+        row = per_kernel[e["name"]]
         row[0] += e["dur"]
         row[1] += 1
-        row[2] = row[2] or e["name"]
-        per_kind[kind_of(e["name"], op)] += e["dur"]
-    total = sum(r[0] for r in per_op.values())
+        per_kind[kind_of(e["name"], e["args"]["hlo_op"])] += e["dur"]
+    total = sum(r[0] for r in per_kernel.values())
     hlo = _hlo_lines(hlo_path)
     out = [f"trace {trace_dir}: {len(kernels)} device events over {(end - start) / 1e3:.2f} ms wall; "
            f"busy {busy / 1e3:.2f} ms ({busy / (end - start):.1%}); kernel time summed {total / 1e3:.2f} ms"]
     for kind, t in per_kind.most_common():
         out.append(f"  {kind:34s} {t / 1e3:10.2f} ms {t / total:7.1%}")
-    out.append(f"\ntop {top} ops by time (ms, calls, share, kernel, HLO):")
-    for op, (t, n, kernel) in sorted(per_op.items(), key=lambda kv: -kv[1][0])[:top]:
-        out.append(f"{t / 1e3:9.3f} {n:6d} {t / total:6.1%}  {op:28s} {kernel[:60]:60s} {hlo.get(op, '')[:150]}")
+    host = collections.Counter()
+    for e in events:
+        if e.get("ph") == "X" and e.get("pid") in host_pids and not e["name"].startswith("$"):
+            host[e["name"][:60]] += e.get("dur", 0)
+    if host:
+        out.append("\nhost (XLA runtime) events by total time, ms (nested events overlap):")
+        out += [f"{t / 1e3:9.2f}  {name}" for name, t in host.most_common(12)]
+    out.append(f"\ntop {top} kernels by time (ms, calls, share, kernel, HLO result <- source op):")
+    for name, (t, n) in sorted(per_kernel.items(), key=lambda kv: -kv[1][0])[:top]:
+        out.append(f"{t / 1e3:9.3f} {n:6d} {t / total:6.1%}  {name[:48]:48s} {_describe(hlo.get(name, ''))}")
     return "\n".join(out)
 
 

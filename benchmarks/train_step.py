@@ -22,7 +22,7 @@ import numpy as np
 import optax
 from flax import nnx
 
-from blip_jax.compiler_options import COMMAND_BUFFER_CHOICES, train_compiler_options
+from blip_jax.compiler_options import COMMAND_BUFFER_CHOICES, UPDATE_CHOICES, train_compiler_options
 from blip_jax.configuration import BlipConfig, BlipTextConfig, BlipVisionConfig
 from blip_jax.models.blip import BlipForConditionalGeneration
 from blip_jax.models.pretrain import BlipPretrain
@@ -49,6 +49,10 @@ def make_batch(args, seed=0) -> dict:
     mask = (np.arange(args.text_len)[None] < lengths).astype(np.int32)
     return {"pixel_values": rng.normal(size=(args.batch, args.image_size, args.image_size, 3)).astype(np.float32),
             "input_ids": np.where(mask == 1, ids, 0), "attention_mask": mask}
+
+
+def _compiler_options(args):
+    return train_compiler_options(args.command_buffers, args.command_buffer_update)
 
 
 def time_steps(step, state, batch, steps: int, profile_dir: str = "") -> tuple[float, float]:
@@ -89,7 +93,7 @@ def bench_pretrain(args, config, batch):
     tx = optax.adamw(1e-4, weight_decay=0.05)
     state = create_train_state(params, rest, ema, tx, jax.random.key(0), args.queue_size, 256)
     step = jax.jit(make_train_step(gd, mgd, tx, lambda s: 1e-4, ObjectiveConfig()), donate_argnums=0,
-                   compiler_options=train_compiler_options(args.command_buffers))
+                   compiler_options=_compiler_options(args))
     first, dt = time_steps(step, state, jax.device_put(batch), args.steps,
                            args.profile and os.path.join(args.profile, "pretrain"))
     return first, dt, flops_lib.pretrain_step_flops(config, args.batch, args.text_len, args.image_size)
@@ -101,7 +105,7 @@ def bench_caption_ours(args, config, batch):
     state = create_train_state(params, rest, None, tx, jax.random.key(0))
     bos = config.text_config.bos_token_id
     step = jax.jit(make_supervised_step(gd, tx, lambda s: 1e-4, lambda m, b: caption_loss(m, b, 0.1, bos)),
-                   donate_argnums=0, compiler_options=train_compiler_options(args.command_buffers))
+                   donate_argnums=0, compiler_options=_compiler_options(args))
     first, dt = time_steps(step, state, jax.device_put(batch), args.steps,
                            args.profile and os.path.join(args.profile, "caption"))
     return first, dt, flops_lib.caption_step_flops(config, args.batch, args.text_len, args.image_size)
@@ -156,6 +160,8 @@ def main():
     p.add_argument("--skip-caption", action="store_true")
     p.add_argument("--command-buffers", default="default", choices=COMMAND_BUFFER_CHOICES,
                    help="XLA GPU command buffers (CUDA graphs) for the steps (blip_jax.compiler_options)")
+    p.add_argument("--command-buffer-update", default="default", choices=UPDATE_CHOICES,
+                   help="'stable': fixed buffer addresses, graphs replayed without re-recording")
     p.add_argument("--profile", default="", help="trace two more steps of each into this folder and summarise "
                    "where the device time goes (benchmarks/profile_summary.py)")
     p.add_argument("--out", default="", help="write the results as JSON here too")

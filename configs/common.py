@@ -53,6 +53,9 @@ def base_config() -> ml_collections.ConfigDict:
     c.total_steps = 0  # 0 = num_epochs * steps_per_epoch
     c.mesh = ml_collections.ConfigDict(dict(data=-1, fsdp=1, tensor=1))
     c.sharding_rules = (("embed", "fsdp"), ("heads", "tensor"), ("mlp", "tensor"), ("vocab", "tensor"))
+    # XLA GPU command buffers (CUDA graphs) of the train step, see blip_jax/compiler_options.py:
+    # mode default / loops / off; update default / stable (fixed buffer addresses, no re-recording)
+    c.xla = ml_collections.ConfigDict(dict(command_buffers="default", command_buffer_update="default"))
     c.checkpoint = ml_collections.ConfigDict(dict(every_steps=1000, keep=3, async_save=True))
     c.log_every_steps = 50
     c.export_hf = True

@@ -9,7 +9,8 @@ from blip_jax import compiler_options as co
 
 def test_cpu_programs_get_no_options():
     for mode in co.COMMAND_BUFFER_CHOICES:
-        assert co.command_buffer_options(mode) is None
+        for update in co.UPDATE_CHOICES:
+            assert co.command_buffer_options(mode, update) is None
     assert co.decode_compiler_options() is None and co.train_compiler_options() is None
 
 
@@ -20,10 +21,14 @@ def test_gpu_options_parse_in_xla(monkeypatch):
     assert co.command_buffer_options("off") == {"xla_gpu_enable_command_buffer": ""}
     assert co.command_buffer_options("default") is None
     assert co.decode_compiler_options() == co.command_buffer_options("loops")
-    with pytest.raises(ValueError, match="command buffer mode"):
-        co.command_buffer_options("sometimes")
+    stable = co.command_buffer_options("default", "stable")
+    assert stable["xla_gpu_command_buffer_update_mode"] in co._STABLE_UPDATE_MODES
+    for bad in (dict(mode="sometimes"), dict(update="never")):
+        with pytest.raises(ValueError, match="command buffer"):
+            co.command_buffer_options(**bad)
+    options = co.command_buffer_options("loops", "stable")
     monkeypatch.undo()
     # XLA's DebugOptions are shared by all backends: a CPU compile validates the names and values.
-    for value in (",".join(loops), ""):
-        f = jax.jit(lambda x: x + 1, compiler_options={"xla_gpu_enable_command_buffer": value})
+    for opts in (options, {"xla_gpu_enable_command_buffer": ""}):
+        f = jax.jit(lambda x: x + 1, compiler_options=opts)
         assert float(f(jnp.float32(1))) == 2.0

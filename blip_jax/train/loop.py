@@ -205,7 +205,7 @@ def train(cfg: ml_collections.ConfigDict, workdir: str) -> TrainResult:
     batch_sharding = mesh_lib.batch_sharding(mesh)
     jitted = jax.jit(step_fn, in_shardings=(shardings, batch_sharding),
                      out_shardings=(shardings, mesh_lib.replicated(mesh)), donate_argnums=0,
-                     compiler_options=train_compiler_options())
+                     compiler_options=train_compiler_options(cfg.xla.command_buffers, cfg.xla.command_buffer_update))
     first_local = next(data_iter)
     first = make_global_batch(first_local, mesh)
     t0 = time.time()

@@ -2,8 +2,8 @@
 # The device checks of one GPU lease in one call (see README "Benchmarks"). Parts run in the
 # order given; each writes its results to $OUT (default ./gpu_out), and one failing part does
 # not stop the rest.
-#   bash benchmarks/gpu_session.sh attention gen gen_stable train pretrain pretrain_stable pretrain_nocb \
-#     train_b192 numerics
+#   bash benchmarks/gpu_session.sh attention gen gen_stable train pretrain pretrain_stable pretrain_fresh \
+#     pretrain_nocb train_b192 numerics
 set -u
 OUT=$(mkdir -p "${OUT:-gpu_out}" && cd "${OUT:-gpu_out}" && pwd)
 export PYTHONUNBUFFERED=1 PYTHONPATH="$PWD:$PWD/benchmarks:${PYTHONPATH:-}"
@@ -25,6 +25,8 @@ for part in "$@"; do
            tar czf "$OUT/prof_b96.tgz" -C /tmp --exclude='*.xplane.pb' --exclude='*.trace.json.gz' prof ;;
     pretrain) timeout 150 "${train[@]}" --batch 96 --skip-caption --profile /tmp/prof --out "$OUT/pretrain_b96.json"
               tar czf "$OUT/prof_b96.tgz" -C /tmp --exclude='*.xplane.pb' --exclude='*.trace.json.gz' prof ;;
+    pretrain_fresh) timeout 130 "${train[@]}" --batch 96 --skip-caption --fresh-metrics \
+                      --out "$OUT/pretrain_b96_fresh_metrics.json" ;;
     pretrain_nocb) timeout 130 "${train[@]}" --batch 96 --skip-caption --command-buffers off \
                      --out "$OUT/pretrain_b96_nocb.json" ;;
     pretrain_stable) timeout 130 "${train[@]}" --batch 96 --skip-caption --command-buffer-update stable \

@@ -29,7 +29,14 @@ from blip_jax.models.pretrain import BlipPretrain
 from blip_jax.train import flops as flops_lib
 from blip_jax.train.metrics import measure_matmul_flops, peak_flops_per_device
 from blip_jax.train.state import create_train_state, split_model
-from blip_jax.train.step import ObjectiveConfig, caption_loss, make_supervised_step, make_train_step
+from blip_jax.train.step import (
+    ObjectiveConfig,
+    caption_loss,
+    initial_metrics_buffer,
+    make_supervised_step,
+    make_train_step,
+    with_metrics_buffer,
+)
 
 
 def make_config(args) -> BlipConfig:
@@ -51,23 +58,36 @@ def make_batch(args, seed=0) -> dict:
             "input_ids": np.where(mask == 1, ids, 0), "attention_mask": mask}
 
 
-def _compiler_options(args):
-    return train_compiler_options(args.command_buffers, args.command_buffer_update)
+def jit_step(args, step_fn):
+    """The step as the trainer jits it: state donated and, unless --fresh-metrics, the previous
+    metrics donated as the buffer for the new ones (blip_jax.train.step.with_metrics_buffer)."""
+    options = train_compiler_options(args.command_buffers, args.command_buffer_update)
+    if args.fresh_metrics:
+        return jax.jit(step_fn, donate_argnums=0, compiler_options=options), None
+    return jax.jit(with_metrics_buffer(step_fn), donate_argnums=(0, 2), keep_unused=True,
+                   compiler_options=options), step_fn
 
 
-def time_steps(step, state, batch, steps: int, profile_dir: str = "") -> tuple[float, float]:
+def time_steps(step, state, batch, steps: int, profile_dir: str = "", metrics_of=None) -> tuple[float, float]:
     """(compile + first step seconds, mean seconds per step after that).
 
+    metrics_of: the unwrapped step function when ``step`` takes a donated metrics buffer (jit_step).
     With ``profile_dir``, two more steps run under jax.profiler (perfetto trace) and the compiled
     step's HLO is written beside it, for benchmarks/profile_summary.py."""
     t0 = time.perf_counter()
-    compiled = step.lower(state, batch).compile()
-    state, m = compiled(state, batch)
+    extra = () if metrics_of is None else (initial_metrics_buffer(metrics_of, state, batch),)
+    compiled = step.lower(state, batch, *extra).compile()
+
+    def run(state, extra):
+        state, m = compiled(state, batch, *extra)
+        return state, m, (() if metrics_of is None else (m,))
+
+    state, m, extra = run(state, extra)
     jax.block_until_ready(m)
     first = time.perf_counter() - t0
     t0 = time.perf_counter()
     for _ in range(steps):
-        state, m = compiled(state, batch)
+        state, m, extra = run(state, extra)
     jax.block_until_ready(m)
     dt = (time.perf_counter() - t0) / steps
     if profile_dir:
@@ -79,7 +99,7 @@ def time_steps(step, state, batch, steps: int, profile_dir: str = "") -> tuple[f
             f.write(compiled.as_text())
         with jax.profiler.trace(profile_dir, create_perfetto_trace=True):
             for _ in range(2):
-                state, m = compiled(state, batch)
+                state, m, extra = run(state, extra)
             jax.block_until_ready(m)
         summary = summarize(profile_dir, hlo_path)
         with open(os.path.join(profile_dir, "summary.txt"), "w") as f:
@@ -92,10 +112,9 @@ def bench_pretrain(args, config, batch):
     gd, params, rest, mgd, ema = split_model(BlipPretrain(config, rngs=nnx.Rngs(0)))
     tx = optax.adamw(1e-4, weight_decay=0.05)
     state = create_train_state(params, rest, ema, tx, jax.random.key(0), args.queue_size, 256)
-    step = jax.jit(make_train_step(gd, mgd, tx, lambda s: 1e-4, ObjectiveConfig()), donate_argnums=0,
-                   compiler_options=_compiler_options(args))
+    step, metrics_of = jit_step(args, make_train_step(gd, mgd, tx, lambda s: 1e-4, ObjectiveConfig()))
     first, dt = time_steps(step, state, jax.device_put(batch), args.steps,
-                           args.profile and os.path.join(args.profile, "pretrain"))
+                           args.profile and os.path.join(args.profile, "pretrain"), metrics_of)
     return first, dt, flops_lib.pretrain_step_flops(config, args.batch, args.text_len, args.image_size)
 
 
@@ -104,10 +123,10 @@ def bench_caption_ours(args, config, batch):
     tx = optax.adamw(1e-4, weight_decay=0.05)
     state = create_train_state(params, rest, None, tx, jax.random.key(0))
     bos = config.text_config.bos_token_id
-    step = jax.jit(make_supervised_step(gd, tx, lambda s: 1e-4, lambda m, b: caption_loss(m, b, 0.1, bos)),
-                   donate_argnums=0, compiler_options=_compiler_options(args))
+    step, metrics_of = jit_step(args, make_supervised_step(gd, tx, lambda s: 1e-4,
+                                                           lambda m, b: caption_loss(m, b, 0.1, bos)))
     first, dt = time_steps(step, state, jax.device_put(batch), args.steps,
-                           args.profile and os.path.join(args.profile, "caption"))
+                           args.profile and os.path.join(args.profile, "caption"), metrics_of)
     return first, dt, flops_lib.caption_step_flops(config, args.batch, args.text_len, args.image_size)
 
 
@@ -160,6 +179,8 @@ def main():
     p.add_argument("--skip-caption", action="store_true")
     p.add_argument("--command-buffers", default="default", choices=COMMAND_BUFFER_CHOICES,
                    help="XLA GPU command buffers (CUDA graphs) for the steps (blip_jax.compiler_options)")
+    p.add_argument("--fresh-metrics", action="store_true",
+                   help="metrics in new buffers every step (the trainer writes them into the donated previous ones)")
     p.add_argument("--command-buffer-update", default="default", choices=UPDATE_CHOICES,
                    help="'stable': fixed buffer addresses, graphs replayed without re-recording")
     p.add_argument("--profile", default="", help="trace two more steps of each into this folder and summarise "

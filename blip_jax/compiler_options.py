@@ -12,9 +12,11 @@ CONDITIONAL added, the whole token loop runs as one graph on the device (beam se
 When a buffer a recorded graph uses moves between calls, XLA re-records the affected graph
 nodes on the host before replaying them. In the pretraining step (about 4,800 kernels in one
 graph) that update took 56 ms of host time per step on an H200, during which the GPU idled
-(148 ms steps with 97 ms of kernels). ``command_buffer_update="stable"`` asks XLA to give the
-graphs' buffers fixed virtual addresses instead, so graphs replay without updates; it is not
-the default because it has not been measured on a GPU yet.
+(148 ms steps with 97 ms of kernels). Two remedies, neither measured on a GPU yet: the trainer
+writes each step's metrics into the previous step's donated buffers, so no output moves
+(blip_jax.train.step.with_metrics_buffer; the temporary buffer may still move), and
+``command_buffer_update="stable"`` asks XLA to give the graphs' buffers fixed virtual addresses,
+so graphs replay without updates (off by default until measured).
 """
 
 from __future__ import annotations

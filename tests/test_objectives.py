@@ -268,3 +268,37 @@ def test_shared_image_kv_equals_projecting_per_pair():
                                model.itm_logits(ids, mask, states[pick]), atol=1e-5)
     np.testing.assert_allclose(model.lm_logits(ids[:3], mask[:3], image_kv=kv),
                                model.lm_logits(ids[:3], mask[:3], states), atol=1e-5)
+
+
+def test_step_outputs_all_reuse_donated_buffers():
+    """As the trainer jits it (with_metrics_buffer), every output of the pretraining step aliases a
+    donated input, so no step allocates output memory; the metrics equal the plain step's."""
+    import re
+
+    import optax
+
+    from blip_jax.train.state import create_train_state, split_model
+    from blip_jax.train.step import ObjectiveConfig, initial_metrics_buffer, make_train_step, with_metrics_buffer
+
+    gd, params, rest, mgd, ema = split_model(BlipPretrain(tiny_config(), rngs=nnx.Rngs(0)))
+    tx = optax.adamw(1e-3)
+    state = create_train_state(params, rest, ema, tx, jax.random.key(0), 40, 16)
+    rng = np.random.default_rng(0)
+    batch = {"pixel_values": rng.normal(size=(4, 16, 16, 3)).astype(np.float32),
+             "input_ids": rng.integers(3, 90, (4, 12)).astype(np.int32),
+             "attention_mask": np.ones((4, 12), np.int32)}
+    step_fn = make_train_step(gd, mgd, tx, lambda s: 1e-3, ObjectiveConfig(bos_token_id=94, enc_token_id=95))
+    _, plain = jax.jit(step_fn)(state, batch)
+    buffer = initial_metrics_buffer(step_fn, state, batch)
+    compiled = jax.jit(with_metrics_buffer(step_fn), donate_argnums=(0, 2), keep_unused=True).lower(
+        state, batch, buffer).compile()
+    header = compiled.as_text().split("\n", 1)[0]
+    aliases = re.findall(r"\{(\d+)\}: \((\d+), \{\}, may-alias\)", header)
+    n_out = len(jax.tree.leaves(jax.eval_shape(step_fn, state, batch)))
+    assert len(aliases) == n_out and len({o for o, _ in aliases}) == n_out
+    state, metrics = compiled(state, batch, buffer)
+    assert all(leaf.is_deleted() for leaf in jax.tree.leaves(buffer))  # written in place
+    for k in plain:
+        np.testing.assert_allclose(metrics[k], plain[k], rtol=1e-5, atol=1e-6)
+    state, metrics = compiled(state, batch, metrics)  # the previous metrics are the next buffer
+    assert np.isfinite(float(metrics["loss"]))

@@ -114,7 +114,14 @@ def train(cfg: ml_collections.ConfigDict, workdir: str) -> TrainResult:
     from blip_jax.train.optimizer import make_optimizer
     from blip_jax.train.preemption import PreemptionHandler
     from blip_jax.train.state import create_train_state, split_model
-    from blip_jax.train.step import ObjectiveConfig, caption_loss, make_supervised_step, make_train_step
+    from blip_jax.train.step import (
+        ObjectiveConfig,
+        caption_loss,
+        initial_metrics_buffer,
+        make_supervised_step,
+        make_train_step,
+        with_metrics_buffer,
+    )
 
     maybe_initialize_distributed()
     os.makedirs(workdir, exist_ok=True)
@@ -203,13 +210,17 @@ def train(cfg: ml_collections.ConfigDict, workdir: str) -> TrainResult:
     initial.clear()
 
     batch_sharding = mesh_lib.batch_sharding(mesh)
-    jitted = jax.jit(step_fn, in_shardings=(shardings, batch_sharding),
-                     out_shardings=(shardings, mesh_lib.replicated(mesh)), donate_argnums=0,
+    replicated = mesh_lib.replicated(mesh)
+    # Each step writes its metrics into the previous step's (donated) metric buffers: no output is
+    # allocated anew, so buffer addresses stay put (see step.with_metrics_buffer).
+    jitted = jax.jit(with_metrics_buffer(step_fn), in_shardings=(shardings, batch_sharding, replicated),
+                     out_shardings=(shardings, replicated), donate_argnums=(0, 2), keep_unused=True,
                      compiler_options=train_compiler_options(cfg.xla.command_buffers, cfg.xla.command_buffer_update))
     first_local = next(data_iter)
     first = make_global_batch(first_local, mesh)
+    metrics = initial_metrics_buffer(step_fn, abstract, first, replicated)
     t0 = time.time()
-    compiled = jitted.lower(abstract, first).compile()
+    compiled = jitted.lower(abstract, first, metrics).compile()
     mem = compiled.memory_analysis()
     if primary:
         mem_text = "n/a" if mem is None else (
@@ -236,7 +247,7 @@ def train(cfg: ml_collections.ConfigDict, workdir: str) -> TrainResult:
     stopped_early = False
     try:
         while step < total_steps:
-            state, metrics = compiled(state, batch)
+            state, metrics = compiled(state, batch, metrics)
             step += 1
             must_log = step % cfg.log_every_steps == 0 or step == total_steps
             must_save = checkpointer.should_save(step) or step == total_steps

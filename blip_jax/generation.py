@@ -422,6 +422,8 @@ class _StaticGraphDef:
         return self._hash
 
     def __eq__(self, other):
+        if self is other:  # the cached object of the same model: skip the graph comparison
+            return True
         return isinstance(other, _StaticGraphDef) and self._hash == other._hash and self.graphdef == other.graphdef
 
 

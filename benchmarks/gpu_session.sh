@@ -3,7 +3,7 @@
 # order given; each writes its results to $OUT (default ./gpu_out), and one failing part does
 # not stop the rest.
 #   bash benchmarks/gpu_session.sh attention gen gen_stable train pretrain pretrain_stable pretrain_fresh \
-#     pretrain_nocb train_b192 numerics
+#     pretrain_nocb train_b192 train_b384 numerics
 set -u
 OUT=$(mkdir -p "${OUT:-gpu_out}" && cd "${OUT:-gpu_out}" && pwd)
 export PYTHONUNBUFFERED=1 PYTHONPATH="$PWD:$PWD/benchmarks:${PYTHONPATH:-}"
@@ -33,6 +33,7 @@ for part in "$@"; do
                        --out "$OUT/pretrain_b96_stable.json" ;;
     gen_stable) timeout 60 "${gen[@]}" --skip-hf --command-buffer-update stable --json "$OUT/gen_bf16_stable.json" ;;
     train_b192) timeout 140 "${train[@]}" --batch 192 --skip-caption --out "$OUT/train_b192.json" ;;
+    train_b384) timeout 180 "${train[@]}" --batch 384 --skip-caption --out "$OUT/train_b384.json" ;;
     gen) timeout 100 "${gen[@]}" --profile /tmp/genprof --json "$OUT/gen_bf16.json" ;;
     gen_cmdbuf) XLA_FLAGS="--xla_gpu_enable_command_buffer=+WHILE,+CONDITIONAL" \
                   timeout 55 "${gen[@]}" --skip-hf --json "$OUT/gen_bf16_cmdbuf.json" ;;

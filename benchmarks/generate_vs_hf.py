@@ -73,10 +73,10 @@ def main(argv=None):
     from blip_jax import compiler_options
     from blip_jax.configuration import BlipConfig, BlipTextConfig, BlipVisionConfig
     from blip_jax.models.blip import BlipForConditionalGeneration
-
-    compiler_options.DECODE_COMMAND_BUFFER_UPDATE = args.command_buffer_update
     from blip_jax.train.flops import vision_forward_flops
     from blip_jax.train.metrics import measure_matmul_flops
+
+    compiler_options.DECODE_COMMAND_BUFFER_UPDATE = args.command_buffer_update  # before the first compile
 
     backend = jax.default_backend()
     compile_seconds = [0.0]  # tracing + lowering + XLA compilation, summed from jax's own events

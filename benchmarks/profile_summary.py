@@ -21,7 +21,7 @@ import os
 import re
 
 _MATMUL = re.compile(r"gemm|cutlass|cublas|xmma|nvjet|matmul|dot|ynn_fusion", re.I)
-_ATTENTION = re.compile(r"fmha|flash|cudnn|sdpa|attn", re.I)
+_ATTENTION = re.compile(r"fmha|flash|sdpa|attn", re.I)  # not "cudnn": convolutions run there too
 _COPY = re.compile(r"copy|transpose|memcpy|memset|dynamic.update.slice", re.I)
 
 

@@ -35,9 +35,9 @@ from blip_jax.train.step import (
     ObjectiveConfig,
     caption_loss,
     initial_metrics_buffer,
+    jit_step,
     make_supervised_step,
     make_train_step,
-    with_metrics_buffer,
 )
 
 
@@ -60,32 +60,25 @@ def make_batch(args, seed=0) -> dict:
             "input_ids": np.where(mask == 1, ids, 0), "attention_mask": mask}
 
 
-def jit_step(args, step_fn):
-    """The step as the trainer jits it: state donated and, unless --fresh-metrics, the previous
-    metrics donated as the buffer for the new ones (blip_jax.train.step.with_metrics_buffer)."""
-    options = train_compiler_options(args.command_buffers, args.command_buffer_update)
-    if args.fresh_metrics:
-        return jax.jit(step_fn, donate_argnums=0, compiler_options=options), None
-    return jax.jit(with_metrics_buffer(step_fn), donate_argnums=(0, 2), keep_unused=True,
-                   compiler_options=options), step_fn
+def jit_args_step(args, step_fn):
+    """The step as the trainer jits it (blip_jax.train.step.jit_step): the previous metrics donated
+    as the buffer for the new ones, unless --fresh-metrics."""
+    return jit_step(step_fn, donate_metrics=not args.fresh_metrics,
+                    compiler_options=train_compiler_options(args.command_buffers, args.command_buffer_update))
 
 
-def time_steps(step, state, batch, steps: int, profile_dir: str = "", metrics_of=None) -> tuple[float, float]:
+def time_steps(step, step_fn, state, batch, steps: int, profile_dir: str = "") -> tuple[float, float]:
     """(compile + first step seconds, seconds per step after that: the best of ``steps`` on CPU,
     their mean on accelerators).
 
-    metrics_of: the unwrapped step function when ``step`` takes a donated metrics buffer (jit_step).
-    With ``profile_dir``, two more steps run under jax.profiler (perfetto trace) and the compiled
-    step's HLO is written beside it, for benchmarks/profile_summary.py."""
+    ``step`` is `jit_args_step(args, step_fn)`. With ``profile_dir``, two more steps run under
+    jax.profiler (perfetto trace) and the compiled step's HLO is written beside it, for
+    benchmarks/profile_summary.py."""
     t0 = time.perf_counter()
-    extra = () if metrics_of is None else (initial_metrics_buffer(metrics_of, state, batch),)
-    compiled = step.lower(state, batch, *extra).compile()
+    m = initial_metrics_buffer(step_fn, state, batch)
+    compiled = step.lower(state, batch, m).compile()
 
-    def run(state, extra):
-        state, m = compiled(state, batch, *extra)
-        return state, m, (() if metrics_of is None else (m,))
-
-    state, m, extra = run(state, extra)
+    state, m = compiled(state, batch, m)
     jax.block_until_ready(m)
     first = time.perf_counter() - t0
     if jax.devices()[0].platform == "cpu":
@@ -94,7 +87,7 @@ def time_steps(step, state, batch, steps: int, profile_dir: str = "", metrics_of
         times = []
         for _ in range(steps):
             t0 = time.perf_counter()
-            state, m, extra = run(state, extra)
+            state, m = compiled(state, batch, m)
             jax.block_until_ready(m)
             times.append(time.perf_counter() - t0)
         print("step times (s): " + " ".join(f"{t:.3f}" for t in times))
@@ -102,7 +95,7 @@ def time_steps(step, state, batch, steps: int, profile_dir: str = "", metrics_of
     else:  # accelerators: steps queued back to back, as in training, and averaged
         t0 = time.perf_counter()
         for _ in range(steps):
-            state, m, extra = run(state, extra)
+            state, m = compiled(state, batch, m)
         jax.block_until_ready(m)
         dt = (time.perf_counter() - t0) / steps
     if profile_dir:
@@ -114,7 +107,7 @@ def time_steps(step, state, batch, steps: int, profile_dir: str = "", metrics_of
             f.write(compiled.as_text())
         with jax.profiler.trace(profile_dir, create_perfetto_trace=True):
             for _ in range(2):
-                state, m, extra = run(state, extra)
+                state, m = compiled(state, batch, m)
             jax.block_until_ready(m)
         summary = summarize(profile_dir, hlo_path)
         with open(os.path.join(profile_dir, "summary.txt"), "w") as f:
@@ -127,9 +120,9 @@ def bench_pretrain(args, config, batch):
     gd, params, rest, mgd, ema = split_model(BlipPretrain(config, rngs=nnx.Rngs(0)))
     tx = optax.adamw(1e-4, weight_decay=0.05)
     state = create_train_state(params, rest, ema, tx, jax.random.key(0), args.queue_size, 256)
-    step, metrics_of = jit_step(args, make_train_step(gd, mgd, tx, lambda s: 1e-4, ObjectiveConfig()))
-    first, dt = time_steps(step, state, jax.device_put(batch), args.steps,
-                           args.profile and os.path.join(args.profile, "pretrain"), metrics_of)
+    step_fn = make_train_step(gd, mgd, tx, lambda s: 1e-4, ObjectiveConfig())
+    first, dt = time_steps(jit_args_step(args, step_fn), step_fn, state, jax.device_put(batch), args.steps,
+                           args.profile and os.path.join(args.profile, "pretrain"))
     return first, dt, flops_lib.pretrain_step_flops(config, args.batch, args.text_len, args.image_size)
 
 
@@ -138,10 +131,9 @@ def bench_caption_ours(args, config, batch):
     tx = optax.adamw(1e-4, weight_decay=0.05)
     state = create_train_state(params, rest, None, tx, jax.random.key(0))
     bos = config.text_config.bos_token_id
-    step, metrics_of = jit_step(args, make_supervised_step(gd, tx, lambda s: 1e-4,
-                                                           lambda m, b: caption_loss(m, b, 0.1, bos)))
-    first, dt = time_steps(step, state, jax.device_put(batch), args.steps,
-                           args.profile and os.path.join(args.profile, "caption"), metrics_of)
+    step_fn = make_supervised_step(gd, tx, lambda s: 1e-4, lambda m, b: caption_loss(m, b, 0.1, bos))
+    first, dt = time_steps(jit_args_step(args, step_fn), step_fn, state, jax.device_put(batch), args.steps,
+                           args.profile and os.path.join(args.profile, "caption"))
     return first, dt, flops_lib.caption_step_flops(config, args.batch, args.text_len, args.image_size)
 
 

@@ -14,7 +14,7 @@ nodes on the host before replaying them. In the pretraining step (about 4,800 ke
 graph) that update took 56 ms of host time per step on an H200, during which the GPU idled
 (148 ms steps with 97 ms of kernels). Two remedies, neither measured on a GPU yet: the trainer
 writes each step's metrics into the previous step's donated buffers, so no output moves
-(blip_jax.train.step.with_metrics_buffer; the temporary buffer may still move), and
+(blip_jax.train.step.jit_step; the temporary buffer may still move), and
 ``command_buffer_update="stable"`` asks XLA to give the graphs' buffers fixed virtual addresses,
 so graphs replay without updates (off by default until measured).
 """

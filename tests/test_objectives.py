@@ -271,14 +271,14 @@ def test_shared_image_kv_equals_projecting_per_pair():
 
 
 def test_step_outputs_all_reuse_donated_buffers():
-    """As the trainer jits it (with_metrics_buffer), every output of the pretraining step aliases a
+    """As the trainer jits it (jit_step), every output of the pretraining step aliases a
     donated input, so no step allocates output memory; the metrics equal the plain step's."""
     import re
 
     import optax
 
     from blip_jax.train.state import create_train_state, split_model
-    from blip_jax.train.step import ObjectiveConfig, initial_metrics_buffer, make_train_step, with_metrics_buffer
+    from blip_jax.train.step import ObjectiveConfig, initial_metrics_buffer, jit_step, make_train_step
 
     gd, params, rest, mgd, ema = split_model(BlipPretrain(tiny_config(), rngs=nnx.Rngs(0)))
     tx = optax.adamw(1e-3)
@@ -290,8 +290,7 @@ def test_step_outputs_all_reuse_donated_buffers():
     step_fn = make_train_step(gd, mgd, tx, lambda s: 1e-3, ObjectiveConfig(bos_token_id=94, enc_token_id=95))
     _, plain = jax.jit(step_fn)(state, batch)
     buffer = initial_metrics_buffer(step_fn, state, batch)
-    compiled = jax.jit(with_metrics_buffer(step_fn), donate_argnums=(0, 2), keep_unused=True).lower(
-        state, batch, buffer).compile()
+    compiled = jit_step(step_fn).lower(state, batch, buffer).compile()
     header = compiled.as_text().split("\n", 1)[0]
     aliases = re.findall(r"\{(\d+)\}: \((\d+), \{\}, may-alias\)", header)
     n_out = len(jax.tree.leaves(jax.eval_shape(step_fn, state, batch)))

@@ -51,12 +51,16 @@ def open_image(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS, where: str = "
         # a header cut short ("Truncated File Read") is truncation, not a foreign format
         reason = "truncated_image" if "truncat" in str(e).lower() else "decode_error"
         raise BadRecord(reason, f"{where} {e}") from None
-    w, h = img.size
-    if w <= 0 or h <= 0:
-        raise BadRecord("decode_error", f"{where} size {img.size}")
-    if w * h > max_pixels:
-        raise BadRecord("image_too_large", f"{where} {w}x{h} > {max_pixels} pixels")
+    check_image_size(*img.size, max_pixels, where)
     return img
+
+
+def check_image_size(width: int, height: int, max_pixels: int, where: str = "") -> None:
+    """Raises BadRecord decode_error for an empty size, image_too_large beyond the pixel budget."""
+    if width <= 0 or height <= 0:
+        raise BadRecord("decode_error", f"{where} size {(width, height)}")
+    if width * height > max_pixels:
+        raise BadRecord("image_too_large", f"{where} {width}x{height} > {max_pixels} pixels")
 
 
 def exif_orientation(img: Image.Image) -> int:

@@ -36,7 +36,14 @@ try:  # libjpeg-turbo with DCT-domain scaling; PIL's draft mode is the fallback
 except ImportError:  # pragma: no cover - simplejpeg is an install requirement
     simplejpeg = None
 
-from blip_jax.data.image import DEFAULT_MAX_PIXELS, exif_block_orientation, exif_orientation, open_image, to_rgb
+from blip_jax.data.image import (
+    DEFAULT_MAX_PIXELS,
+    check_image_size,
+    exif_block_orientation,
+    exif_orientation,
+    open_image,
+    to_rgb,
+)
 from blip_jax.data.records import BadRecord
 
 CLIP_MEAN = np.array([0.48145466, 0.4578275, 0.40821073], np.float32)
@@ -133,8 +140,7 @@ def _open_oriented(image: bytes | np.ndarray, max_pixels: int, where: str, fast:
     header = _jpeg_header(image) if fast else None
     if header is not None:
         img, (w, h, orientation) = None, header
-        if w * h > max_pixels:
-            raise BadRecord("image_too_large", f"{where} {w}x{h} > {max_pixels} pixels")
+        check_image_size(w, h, max_pixels, where)
     else:
         img = open_image(image, max_pixels, where)
         orientation = exif_orientation(img)

@@ -118,9 +118,9 @@ def train(cfg: ml_collections.ConfigDict, workdir: str) -> TrainResult:
         ObjectiveConfig,
         caption_loss,
         initial_metrics_buffer,
+        jit_step,
         make_supervised_step,
         make_train_step,
-        with_metrics_buffer,
     )
 
     maybe_initialize_distributed()
@@ -212,10 +212,10 @@ def train(cfg: ml_collections.ConfigDict, workdir: str) -> TrainResult:
     batch_sharding = mesh_lib.batch_sharding(mesh)
     replicated = mesh_lib.replicated(mesh)
     # Each step writes its metrics into the previous step's (donated) metric buffers: no output is
-    # allocated anew, so buffer addresses stay put (see step.with_metrics_buffer).
-    jitted = jax.jit(with_metrics_buffer(step_fn), in_shardings=(shardings, batch_sharding, replicated),
-                     out_shardings=(shardings, replicated), donate_argnums=(0, 2), keep_unused=True,
-                     compiler_options=train_compiler_options(cfg.xla.command_buffers, cfg.xla.command_buffer_update))
+    # allocated anew, so buffer addresses stay put (see step.jit_step).
+    jitted = jit_step(step_fn, in_shardings=(shardings, batch_sharding, replicated),
+                      out_shardings=(shardings, replicated),
+                      compiler_options=train_compiler_options(cfg.xla.command_buffers, cfg.xla.command_buffer_update))
     first_local = next(data_iter)
     first = make_global_batch(first_local, mesh)
     metrics = initial_metrics_buffer(step_fn, abstract, first, replicated)

@@ -37,6 +37,10 @@ setup(
             "ruff>=0.6",
             "torch==2.13.0",
             "transformers>=4.45",
+            # notebooks/ run in the suite (tests/test_notebooks.py)
+            "nbclient>=0.10",
+            "nbformat>=5.10",
+            "ipykernel>=6.29",
         ],
         "torch": ["torch==2.13.0"],
         "tfds": ["tensorflow-datasets>=4.9"],

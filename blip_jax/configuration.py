@@ -277,11 +277,24 @@ class BlipTextConfig(_BaseConfig):
     tie_word_embeddings: bool = True
     label_smoothing: float = 0.0
     # blip-jax extras
-    enc_token_id: int = 30523
+    # [ENC]; None: bos_token_id + 1, as BLIP's tokenizer appends [DEC] then [ENC] (30522, 30523).
+    enc_token_id: int | None = None
     use_enc_token_for_itm: bool = False
     dtype: str = "float32"
     param_dtype: str = "float32"
     remat: bool = False
+
+    def __post_init__(self):
+        super().__post_init__()
+        if self.enc_token_id is None:
+            self.enc_token_id = self.bos_token_id + 1
+        # HF configs carry BLIP's default ids whatever their vocabulary; [ENC] is checked where the
+        # model uses it (ITM in the original flavour): an embedding lookup outside the table would be
+        # clamped silently, not fail.
+        if self.use_enc_token_for_itm and not 0 <= self.enc_token_id < self.vocab_size:
+            raise ConfigError(f"BlipTextConfig.enc_token_id: {self.enc_token_id} is outside the vocabulary "
+                              f"(vocab_size {self.vocab_size}); it is used as [ENC] since use_enc_token_for_itm "
+                              "is true")
 
     @classmethod
     def from_dict(cls, d, *, source=None, **overrides):

@@ -211,3 +211,19 @@ def test_identical_on_1_and_8_devices():
 
 if __name__ == "__main__":
     print(json.dumps(sharded_check()))
+
+
+def test_itm_with_enc_token_takes_numpy_ids():
+    """The [ENC] swap (original flavour) works on the numpy arrays a tokenizer returns, and equals
+    feeding the swapped ids with the HF flavour."""
+    import dataclasses
+
+    model = tiny_model()
+    pixels, (ids, mask), _, _ = fake_data(n_img=2, per=1)
+    ours = np.asarray(model(input_ids=ids, pixel_values=pixels, attention_mask=mask).itm_score)
+    assert ours.shape == (2, 2)
+    model.config.text_config = dataclasses.replace(model.config.text_config, use_enc_token_for_itm=False)
+    swapped = ids.copy()
+    swapped[:, 0] = 63
+    np.testing.assert_allclose(
+        ours, np.asarray(model(input_ids=swapped, pixel_values=pixels, attention_mask=mask).itm_score), atol=1e-6)

@@ -41,7 +41,7 @@ class _BlipBase(PretrainedMixin, nnx.Module):
     def _text_for_grounding(self, input_ids: jax.Array) -> jax.Array:
         """Original BLIP swaps [CLS] for [ENC] when text attends to the image; HF keeps [CLS]."""
         tc = self.config.text_config
-        return input_ids.at[:, 0].set(tc.enc_token_id) if tc.use_enc_token_for_itm else input_ids
+        return jnp.asarray(input_ids).at[:, 0].set(tc.enc_token_id) if tc.use_enc_token_for_itm else input_ids
 
     def _proj(self, in_f, out_f, rngs, use_bias=True):
         tc = self.config.text_config

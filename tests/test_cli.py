@@ -35,7 +35,10 @@ def test_convert_salesforce_pth_to_hf_folder(tmp_path, capsys):
         assert torch.equal(p, back.state_dict()[name]), name
 
 
-def test_caption_command(tmp_path, capsys):
+@pytest.mark.parametrize("source", ["folder", "hub_id"])
+def test_caption_command(tmp_path, capsys, monkeypatch, source):
+    """From a local folder plus a vocab.txt, or from a hub id whose snapshot holds both (the
+    tokenizer then comes from the checkpoint's own files)."""
     from PIL import Image
 
     from blip_jax.processing.tokenization import WordPieceTokenizer
@@ -51,7 +54,18 @@ def test_caption_command(tmp_path, capsys):
         p = tmp_path / f"img{i}.png"
         Image.fromarray(np.random.default_rng(i).integers(0, 255, (40, 50, 3), dtype=np.uint8)).save(p)
         paths.append(str(p))
-    assert cli_main(["caption", "--checkpoint", str(folder), "--tokenizer", str(tmp_path / "vocab.txt"),
-                     "--max-length", "8", "--min-length", "2", *paths]) == 0
+    if source == "folder":
+        where = ["--checkpoint", str(folder), "--tokenizer", str(tmp_path / "vocab.txt")]
+    else:
+        import huggingface_hub
+
+        tok.save_pretrained(folder)
+        fetched = []
+        monkeypatch.setattr(huggingface_hub, "snapshot_download",
+                            lambda repo_id, **kw: fetched.append(repo_id) or str(folder))
+        where = ["--checkpoint", "someorg/blip-captioner"]
+    assert cli_main(["caption", *where, "--max-length", "8", "--min-length", "2", *paths]) == 0
+    if source == "hub_id":
+        assert fetched == ["someorg/blip-captioner"] * 2  # the weights, then the tokenizer's files
     lines = [line for line in capsys.readouterr().out.splitlines() if "\t" in line]
     assert [line.split("\t")[0] for line in lines] == paths

@@ -677,3 +677,50 @@ def test_tokenizers_and_processor_pickle(wp, spm_tok):
     out = proc(images=IMAGE_CASES["RGB 640x480"], text="a dog")
     assert out.pixel_values.shape == (1, 16, 16, 3) and out.input_ids.tolist() == [wp.encode("a dog")]
     assert pickle.loads(pickle.dumps(out))["input_ids"].tolist() == out["input_ids"].tolist()
+
+
+# ------------------------------------------------------------------------------------ hub ids
+
+
+def _fake_hub(monkeypatch, repos: dict) -> list[dict]:
+    """huggingface_hub.snapshot_download served from local folders: {repo_id: folder}; returns the
+    calls' keyword arguments. An unknown repo raises as the real one does offline."""
+    import huggingface_hub
+
+    calls = []
+
+    def snapshot_download(repo_id, **kw):
+        calls.append({"repo_id": repo_id, **kw})
+        if repo_id not in repos:
+            raise huggingface_hub.errors.LocalEntryNotFoundError(f"{repo_id} is not in the cache")
+        return str(repos[repo_id])
+
+    monkeypatch.setattr(huggingface_hub, "snapshot_download", snapshot_download)
+    return calls
+
+
+def test_processor_and_tokenizer_from_hub_id(tmp_path, monkeypatch, wp):
+    from blip_jax.checkpoints.io import CheckpointError
+
+    folder = tmp_path / "snapshot"
+    BlipProcessor(BlipImageProcessor(size={"height": 48, "width": 48}), wp).save_pretrained(folder)
+    calls = _fake_hub(monkeypatch, {"someorg/blip-captioner": folder})
+    proc = BlipProcessor.from_pretrained("someorg/blip-captioner")
+    local = BlipProcessor.from_pretrained(folder)
+    img = Image.new("RGB", (60, 40), "red")
+    out, ref = proc(images=img, text="a red dog"), local(images=img, text="a red dog")
+    assert np.array_equal(out["pixel_values"], ref["pixel_values"]) and out["pixel_values"].shape == (1, 48, 48, 3)
+    assert np.array_equal(out["input_ids"], ref["input_ids"])
+    assert load_tokenizer("someorg/blip-captioner").encode("a red dog") == wp.encode("a red dog")
+    assert BlipImageProcessor.from_pretrained("someorg/blip-captioner").size == {"height": 48, "width": 48}
+    # Only the processor's files are fetched: never the weights.
+    patterns = {p for call in calls for p in call["allow_patterns"]}
+    assert calls and all(c["repo_id"] == "someorg/blip-captioner" for c in calls)
+    assert not any(p.endswith((".safetensors", ".bin")) for p in patterns) and "*.json" in patterns
+    with pytest.raises(CheckpointError, match="someorg/absent.*hub id failed.*not in the cache"):
+        BlipProcessor.from_pretrained("someorg/absent")
+    # Paths that cannot be hub ids keep their own errors and never reach the hub.
+    n = len(calls)
+    with pytest.raises(FileNotFoundError, match="missing_dir"):
+        load_tokenizer(tmp_path / "missing_dir")
+    assert len(calls) == n

@@ -115,18 +115,37 @@ def write_safetensors(state: dict[str, np.ndarray], path: str, metadata: dict | 
     save_file(contiguous, path, metadata=metadata or {"format": "pt"})
 
 
-def resolve_path(path_or_hub_id: str, revision: str | None = None, cache_dir: str | None = None) -> str:
-    """A local file/folder as is; otherwise a hub id fetched through huggingface_hub's cache."""
+# What a hub snapshot fetches: a model's config and weights, or a processor's files only.
+CHECKPOINT_FILES = ("*.json", "*.safetensors", "*.txt", "*.model", "pytorch_model*.bin")
+PROCESSOR_FILES = ("*.json", "*.txt", "*.model")
+
+
+def is_hub_id(path: str) -> bool:
+    """True for 'org/name' that is not a local path."""
+    return not os.path.exists(path) and path.count("/") == 1 and not path.startswith((".", "/", "~"))
+
+
+def resolve_path(path_or_hub_id: str, revision: str | None = None, cache_dir: str | None = None,
+                 allow_patterns: tuple[str, ...] = CHECKPOINT_FILES) -> str:
+    """A local file/folder as is; otherwise a hub id fetched through huggingface_hub's cache (only
+    the files matching ``allow_patterns``)."""
     path = os.fspath(path_or_hub_id)
     if os.path.exists(path):
         return path
-    if path.count("/") != 1 or path.startswith((".", "/")):
+    if not is_hub_id(path):
         raise CheckpointError(f"{path}: no such file or folder, and not a hub id of the form 'org/name'")
     from huggingface_hub import snapshot_download
 
-    return snapshot_download(
-        repo_id=path,
-        revision=revision,
-        cache_dir=cache_dir,
-        allow_patterns=["*.json", "*.safetensors", "*.txt", "*.model", "pytorch_model*.bin"],
-    )
+    try:
+        return snapshot_download(repo_id=path, revision=revision, cache_dir=cache_dir,
+                                 allow_patterns=list(allow_patterns))
+    except Exception as e:  # offline, unknown repo, no access: say which reading of the name failed
+        raise CheckpointError(f"{path}: no such local file or folder, and fetching it as a hub id failed: "
+                              f"{type(e).__name__}: {e}") from e
+
+
+def processor_path(path_or_hub_id: str | os.PathLike) -> str:
+    """A local path as is (a missing one too: the caller's error says what it expected there); a hub
+    id -> the snapshot folder holding the processor's files (configs, vocabularies; no weights)."""
+    path = os.fspath(path_or_hub_id)
+    return resolve_path(path, allow_patterns=PROCESSOR_FILES) if is_hub_id(path) else path

@@ -378,8 +378,10 @@ class BlipImageProcessor:
     @classmethod
     def from_pretrained(cls, folder: str | os.PathLike, **overrides: Any) -> BlipImageProcessor:
         """Read a local folder's ``preprocessor_config.json`` (or the ``image_processor`` entry of a
-        transformers-5 ``processor_config.json``), or a path to such a JSON file."""
-        folder = os.fspath(folder)
+        transformers-5 ``processor_config.json``), a path to such a JSON file, or a hub id's."""
+        from blip_jax.checkpoints.io import processor_path
+
+        folder = processor_path(folder)
         if os.path.isfile(folder):
             candidates = [folder]
         else:

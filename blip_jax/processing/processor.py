@@ -84,8 +84,12 @@ class BlipProcessor:
 
     @classmethod
     def from_pretrained(cls, folder: str | os.PathLike) -> BlipProcessor:
-        """A local folder as written by ``save_pretrained`` or by transformers (4.x or 5.x)."""
-        folder = os.fspath(folder)
+        """A local folder as written by ``save_pretrained`` or by transformers (4.x or 5.x), or a hub
+        id ("Salesforce/blip-image-captioning-base": its processor files, through huggingface_hub's
+        cache)."""
+        from blip_jax.checkpoints.io import processor_path
+
+        folder = processor_path(folder)
         if not os.path.isdir(folder):
             raise FileNotFoundError(f"Processor folder not found: {folder}")
         return cls(BlipImageProcessor.from_pretrained(folder), load_tokenizer(folder))

@@ -802,9 +802,11 @@ def load_tokenizer(path: str | os.PathLike, **kwargs: Any) -> BlipTokenizer:
 
     A ``.model`` file or a folder with one (or a tokenizer_config.json saying "sentencepiece") ->
     SentencePieceTokenizer; a vocab.txt / tokenizer.json file or a folder with either ->
-    WordPieceTokenizer.
+    WordPieceTokenizer. A hub id is read from its snapshot (huggingface_hub's cache).
     """
-    path = os.fspath(path)
+    from blip_jax.checkpoints.io import processor_path
+
+    path = processor_path(path)
     if os.path.isfile(path):
         if path.endswith(".model"):
             return SentencePieceTokenizer.from_file(path, **kwargs)

@@ -72,6 +72,17 @@ def test_vision_wrong_size_without_interpolation_is_a_clear_error(tmp):
         ours(np.zeros((1, 40, 40, 3), np.float32))
 
 
+def test_pixel_layout_and_dtype_mistakes_are_clear_errors(tmp):
+    _, folder = build_hf("BlipForConditionalGeneration", tmp / "pixels")
+    ours = blip_jax.BlipForConditionalGeneration.from_pretrained(folder)
+    with pytest.raises(ValueError, match=r"channels-last \(B, H, W, 3\), got shape \(2, 3, 30, 30\).*channels-first"):
+        ours.generate(np.zeros((2, 3, 30, 30), np.float32), max_length=4)
+    with pytest.raises(ValueError, match="got shape \\(30, 30, 3\\)"):
+        ours.vision_model(np.zeros((30, 30, 3), np.float32))
+    with pytest.raises(ValueError, match="dtype uint8.*BlipImageProcessor"):
+        ours.generate(np.zeros((2, 30, 30, 3), np.uint8), max_length=4)
+
+
 def test_text_model_encoder_and_decoder(tmp, batch):
     _, ids, mask = batch
     ref, folder = build_hf("BlipTextModel", tmp)

@@ -46,6 +46,19 @@ def bicubic_matrix(in_size: int, out_size: int) -> np.ndarray:
     return m.astype(np.float32)
 
 
+def check_pixel_values(pixel_values, channels: int) -> None:
+    """The two inputs that would otherwise fail deep inside the patch convolution, or not at all:
+    channels-first arrays (transformers' layout) and raw integer pixels (no processor)."""
+    shape = tuple(pixel_values.shape)
+    if len(shape) != 4 or shape[-1] != channels:
+        hint = ("; this looks channels-first (transformers' layout): use pixel_values.transpose(0, 2, 3, 1)"
+                if len(shape) == 4 and shape[1] == channels else "")
+        raise ValueError(f"pixel_values must be channels-last (B, H, W, {channels}), got shape {shape}{hint}")
+    if not jnp.issubdtype(pixel_values.dtype, jnp.floating):
+        raise ValueError(f"pixel_values has dtype {pixel_values.dtype}, not float: pass images through "
+                         "BlipImageProcessor (rescale and normalise), which returns float32 channels-last arrays")
+
+
 class VisionEmbeddings(nnx.Module):
     """Patchify (conv, kernel = stride = patch), prepend [CLS], add learned positions."""
 
@@ -82,7 +95,8 @@ class VisionEmbeddings(nnx.Module):
         return jnp.concatenate([pos[:, :1], grid.reshape(1, new_h * new_w, -1).astype(pos.dtype)], axis=1)
 
     def __call__(self, pixel_values: jax.Array, interpolate_pos_encoding: bool = False) -> jax.Array:
-        """pixel_values (B, H, W, C) channels-last -> embeddings (B, 1 + H/p * W/p, D)."""
+        """pixel_values (B, H, W, C) float channels-last -> embeddings (B, 1 + H/p * W/p, D)."""
+        check_pixel_values(pixel_values, self.patch_embedding.in_features)
         b, h, w, _ = pixel_values.shape
         patches = self.patch_embedding(pixel_values.astype(self.dtype))
         patches = patches.reshape(b, -1, patches.shape[-1])

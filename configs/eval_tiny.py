@@ -12,6 +12,8 @@ import ml_collections
 
 
 def get_config(arg: str = ""):
+    if arg not in ("", "smoke"):
+        raise ValueError(f"configs/eval_tiny.py: unknown argument {arg!r}; '' (the default) or 'smoke'")
     c = ml_collections.ConfigDict()
     c.tokenizer = ml_collections.ConfigDict(dict(path=""))  # "" = the embedded dataset's vocab.txt
     c.data = ml_collections.ConfigDict(dict(

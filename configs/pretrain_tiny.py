@@ -16,6 +16,8 @@ from common import base_config  # noqa: E402
 
 
 def get_config(arg: str = ""):
+    if arg not in ("", "smoke"):
+        raise ValueError(f"configs/pretrain_tiny.py: unknown argument {arg!r}; '' (the default) or 'smoke'")
     c = base_config()
     c.model.vision = dict(image_size=64, patch_size=8, hidden_size=128, num_hidden_layers=3,
                           num_attention_heads=4, intermediate_size=256, layer_norm_eps=1e-6,

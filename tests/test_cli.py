@@ -3,6 +3,8 @@ and `caption` (image files -> captions)."""
 
 from __future__ import annotations
 
+import os
+
 import numpy as np
 import pytest
 
@@ -69,3 +71,15 @@ def test_caption_command(tmp_path, capsys, monkeypatch, source):
         assert fetched == ["someorg/blip-captioner"] * 2  # the weights, then the tokenizer's files
     lines = [line for line in capsys.readouterr().out.splitlines() if "\t" in line]
     assert [line.split("\t")[0] for line in lines] == paths
+
+
+@pytest.mark.parametrize("command,config", [("train", "configs/pretrain_tiny.py:smok"),
+                                            ("eval", "configs/eval_tiny.py:smoke,x")])
+def test_a_mistyped_config_argument_stops_the_job(tmp_path, capsys, command, config):
+    """A typo after the colon must not silently run the full-size default config."""
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    extra = ["--checkpoint", str(tmp_path)] if command == "eval" else []
+    with pytest.raises(SystemExit) as e:
+        cli_main([command, "--config", os.path.join(root, config), "--workdir", str(tmp_path / "run"), *extra])
+    assert e.value.code == 2
+    assert "unknown argument" in capsys.readouterr().err and not os.path.exists(tmp_path / "run")

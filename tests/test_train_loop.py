@@ -97,3 +97,22 @@ def test_sigterm_then_sigkill_then_resume_matches_uninterrupted(reference, tmp_p
     for step in want:
         for k in KEYS:
             np.testing.assert_allclose(got[step][k], want[step][k], rtol=1e-5, atol=1e-6, err_msg=f"step {step} {k}")
+
+
+def test_resume_with_another_config_warns_or_stops_clearly(reference, tmp_path):
+    """A changed batch size resumes with a warning naming the change; a changed model stops with
+    exit code 2 and the changed fields, not orbax's tree dump."""
+    import shutil
+
+    workdir = tmp_path / "changed"
+    shutil.copytree(reference[0], workdir)
+    out = subprocess.run(_cmd(workdir) + ["--config.total_steps=9", "--config.data.batch_size=4"], env=_env(),
+                         capture_output=True, text=True, timeout=300, cwd=ROOT)
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert "differs from the checkpoint's: data.batch_size: 8 -> 4; total_steps: 8 -> 9" in out.stderr
+    assert max(history_from_jsonl(os.path.join(workdir, "metrics.jsonl"))) == 9
+    out = subprocess.run(_cmd(workdir) + ["--config.total_steps=10", "--config.model.text.num_hidden_layers=2"],
+                         env=_env(), capture_output=True, text=True, timeout=300, cwd=ROOT)
+    assert out.returncode == 2, out.stderr[-3000:]
+    assert "model.text.num_hidden_layers: 1 -> 2" in out.stderr and "start a new --workdir" in out.stderr
+    assert "Traceback" not in out.stderr

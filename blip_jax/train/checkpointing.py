@@ -145,6 +145,19 @@ def config_to_json(config: Any) -> dict:
     return json.loads(json.dumps(config, default=str))
 
 
+def config_changes(saved: dict, now: dict, prefix: str = "") -> list[str]:
+    """Leaves that differ between two `config_to_json` dicts: ["data.batch_size: 8 -> 4", ...]."""
+    out = []
+    for key in sorted(set(saved) | set(now), key=str):
+        name = f"{prefix}{key}"
+        a, b = saved.get(key, "<absent>"), now.get(key, "<absent>")
+        if isinstance(a, dict) and isinstance(b, dict):
+            out += config_changes(a, b, name + ".")
+        elif a != b:
+            out.append(f"{name}: {a!r} -> {b!r}")
+    return out
+
+
 def abstract_like(tree: Any) -> Any:
     """Concrete arrays -> ``jax.ShapeDtypeStruct`` with the same shape, dtype and sharding.
 
@@ -409,5 +422,6 @@ __all__ = [
     "IteratorStateRestore",
     "IteratorStateSave",
     "abstract_like",
+    "config_changes",
     "config_to_json",
 ]

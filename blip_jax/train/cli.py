@@ -12,7 +12,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--workdir", required=True, help="run directory; rerunning with it resumes")
 
     from blip_jax.config_loader import parse_job_args
-    from blip_jax.train.loop import TrainingDiverged, train
+    from blip_jax.train.loop import ResumeMismatch, TrainingDiverged, train
 
     args, cfg = parse_job_args(parser, argv)
     try:
@@ -20,6 +20,9 @@ def main(argv: list[str] | None = None) -> int:
     except TrainingDiverged as e:
         print(f"blip-jax train: {e}", file=sys.stderr)
         return 3
+    except ResumeMismatch as e:
+        print(f"blip-jax train: {e}", file=sys.stderr)
+        return 2
     return 0
 
 

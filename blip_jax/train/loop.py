@@ -28,6 +28,10 @@ from blip_jax.train import tasks
 log = logging.getLogger("blip_jax.train")
 
 
+class ResumeMismatch(ValueError):
+    """The workdir's checkpoint was saved under a config whose train state this one cannot restore."""
+
+
 class TrainingDiverged(RuntimeError):
     """The loss became NaN or inf; the last good checkpoint is kept."""
 
@@ -200,7 +204,7 @@ def train(cfg: ml_collections.ConfigDict, workdir: str) -> TrainResult:
 
     data_iter = iter(pipeline)
     checkpointer = Checkpointer.from_config(workdir, cfg)
-    restored = checkpointer.restore_latest(abstract, data_iter)
+    restored = _resume(checkpointer, abstract, data_iter, cfg, workdir)
     if restored is None:
         state = jax.jit(init_state, out_shardings=shardings)()
         start = 0
@@ -301,6 +305,32 @@ def train(cfg: ml_collections.ConfigDict, workdir: str) -> TrainResult:
             export_hf(task, graphdef, state, config, os.path.join(workdir, "export"))
     checkpointer.close()
     return TrainResult(step, history, workdir)
+
+
+def _resume(checkpointer, abstract, data_iter, cfg, workdir: str):
+    """`Checkpointer.restore_latest`, saying how the config differs from the checkpoint's: a
+    warning when the state still fits (batch size, schedule, ...), a clear error naming the changed
+    fields when it does not (another model or optimiser state), instead of orbax's tree dump."""
+    from blip_jax.train.checkpointing import config_changes, config_to_json
+
+    step = checkpointer.latest_step()
+    if step is None:
+        return None
+    saved = checkpointer.restore_config(step)
+    changes = config_changes(saved, config_to_json(cfg)) if saved is not None else []
+    try:
+        restored = checkpointer.restore_latest(abstract, data_iter)
+    except Exception as e:
+        if not changes:
+            raise
+        raise ResumeMismatch(
+            f"{workdir}: its checkpoint (step {step}) does not fit this config's train state "
+            f"({type(e).__name__}); the config differs from the checkpoint's in: {'; '.join(changes)}. Resume "
+            "with the config the run was started with, or start a new --workdir."
+        ) from e
+    if changes:
+        log.warning("resuming step %d with a config that differs from the checkpoint's: %s", step, "; ".join(changes))
+    return restored
 
 
 def print_loss_table(history: list[dict]) -> None:

@@ -308,9 +308,10 @@ def train(cfg: ml_collections.ConfigDict, workdir: str) -> TrainResult:
 
 
 def _resume(checkpointer, abstract, data_iter, cfg, workdir: str):
-    """`Checkpointer.restore_latest`, saying how the config differs from the checkpoint's: a
-    warning when the state still fits (batch size, schedule, ...), a clear error naming the changed
-    fields when it does not (another model or optimiser state), instead of orbax's tree dump."""
+    """The latest checkpoint as (state, step), or None, saying how the config differs from the
+    checkpoint's: a warning when the state still fits (batch size, schedule, ...), a clear error
+    naming the changed fields when it does not (another model or optimiser state), instead of
+    orbax's tree dump."""
     from blip_jax.train.checkpointing import config_changes, config_to_json
 
     step = checkpointer.latest_step()
@@ -319,7 +320,7 @@ def _resume(checkpointer, abstract, data_iter, cfg, workdir: str):
     saved = checkpointer.restore_config(step)
     changes = config_changes(saved, config_to_json(cfg)) if saved is not None else []
     try:
-        restored = checkpointer.restore_latest(abstract, data_iter)
+        state = checkpointer.restore(step, abstract, data_iter)
     except Exception as e:
         if not changes:
             raise
@@ -330,7 +331,7 @@ def _resume(checkpointer, abstract, data_iter, cfg, workdir: str):
         ) from e
     if changes:
         log.warning("resuming step %d with a config that differs from the checkpoint's: %s", step, "; ".join(changes))
-    return restored
+    return state, step
 
 
 def print_loss_table(history: list[dict]) -> None:

@@ -9,6 +9,7 @@ import sys
 COMMANDS = {
     "train": ("blip_jax.train.cli", "main", "pretrain or fine-tune from a config file (resumes in --workdir)"),
     "data": ("blip_jax.data.cli", "main", "prepare / convert / inspect datasets (embedded, ArrayRecord)"),
+    "capfilt": ("blip_jax.capfilt.cli", "main", "caption + filter a web dataset into a bootstrapped one (CapFilt)"),
     "caption": ("blip_jax.caption_cli", "main", "caption images with a BLIP checkpoint"),
     "convert": ("blip_jax.checkpoints.cli", "main", "convert HF / Salesforce checkpoints"),
     "eval": ("blip_jax.evaluation.cli", "main", "retrieval / captioning / VQA evaluation of a checkpoint"),

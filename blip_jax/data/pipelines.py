@@ -596,8 +596,8 @@ def eval_pipeline(dataset: DatasetSpec | dict | Sequence[dict], opts: LoaderOpti
     """Every record of `dataset` exactly once (this process's strided share), in order, in
     `ceil(ceil(N / shard_count) / batch_size)` batches on every process; padding rows have
     mask 0. Records with bad images are skipped and counted (their `index` never appears)."""
-    if isinstance(dataset, (list, tuple)) and (not dataset or "captions" in dataset[0]):
-        records, load_skips = list(dataset), collections.Counter()
+    if isinstance(dataset, Sequence) and (not len(dataset) or {"captions", SKIP_KEY} & set(dataset[0])):
+        records, load_skips = dataset, collections.Counter()  # records, or a random-access view of them
     else:
         spec = DatasetSpec.from_any(dataset)
         records, load_skips = open_source(spec)

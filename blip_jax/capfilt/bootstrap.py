@@ -1,0 +1,382 @@
+"""The CapFilt driver: web records -> synthetic captions + ITM scores -> decisions -> the
+bootstrapped dataset.
+
+Work is split into chunks of ``batch_size * chunk_batches`` records of each process's strided
+share. A finished chunk is two files under ``<workdir>/parts``: its decision rows (JSON lines,
+ordered by record index) and then its ``.meta.json`` (skip counts, seconds), each written to a
+temporary name and renamed, so a chunk counts as done only when both exist. A rerun of the same
+command skips the done chunks (sampling keys depend only on the seed, the process and the batch's
+position, so a resumed run writes what an uninterrupted one would). When every process is done,
+process 0 merges the parts into:
+
+    decisions.jsonl       one row per record, in record order: the web texts and synthetic texts
+                          with p(match) and keep, or {"skipped": true} for an unreadable image
+    bootstrapped.json     BLIP pretraining list [{"image": path, "caption": [kept texts]}]
+                          (sources with image files), or bootstrapped-*.array_record (+ meta) with
+                          the images' bytes (output_format "array_record"; needed for ArrayRecord
+                          and tfds sources)
+    bootstrapped.spec.json  the DatasetSpec of that output, for a pretraining config's mixture
+    report.json           `report.summarize`
+
+A rerun with a changed config stops (`CapfiltResumeMismatch`, exit code 2) naming the fields,
+since its parts would mix two settings.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import heapq
+import json
+import logging
+import os
+import time
+from collections.abc import Iterator, Sequence
+
+import jax
+import numpy as np
+
+from blip_jax.capfilt.captioner import Captioner, SamplingConfig
+from blip_jax.capfilt.filter import Filter
+from blip_jax.capfilt.report import load_noise_labels, summarize
+
+log = logging.getLogger("blip_jax.capfilt")
+
+PARTS = "parts"
+CONFIG_FILE = "capfilt_config.json"
+# Config fields that do not change what a run writes (speed knobs); all others must match on resume.
+RUNTIME_FIELDS = ("num_threads", "log_every_chunks")
+
+
+class CapfiltResumeMismatch(RuntimeError):
+    """The workdir holds parts written with another config."""
+
+
+@dataclasses.dataclass(frozen=True)
+class FilterConfig:
+    threshold: float = 0.5  # keep a text when p(match) > threshold (0.5: the ITM head's argmax)
+    max_words: int = 30
+    max_len: int = 35
+    filter_web: bool = True  # False: web texts are scored but all kept
+    filter_synthetic: bool = True  # False: synthetic texts are scored but all kept
+
+    @classmethod
+    def from_dict(cls, d) -> FilterConfig:
+        d = dict(d)
+        unknown = set(d) - {f.name for f in dataclasses.fields(cls)}
+        if unknown:
+            raise ValueError(f"filtering: unknown fields {sorted(unknown)}; known: "
+                             f"{[f.name for f in dataclasses.fields(cls)]}")
+        out = cls(**d)
+        if not 0.0 <= out.threshold < 1.0:
+            raise ValueError(f"filtering.threshold must be in [0, 1), got {out.threshold}")
+        return out
+
+
+# ---------------------------------------------------------------------------------------------
+# Decisions
+
+
+def decide(record: dict, web_probs: Sequence[float | None], synthetic: Sequence[str],
+           synthetic_probs: Sequence[float | None], cfg: FilterConfig) -> dict:
+    """One decision row. A text with p_match None (not a string, or empty after cleaning) is
+    never kept; the others are kept when p(match) > threshold, or always when their kind is not
+    filtered."""
+
+    def texts(values, probs, filtered):
+        out = []
+        for text, p in zip(values, probs):
+            keep = p is not None and (not filtered or p > cfg.threshold)
+            out.append({"text": text, "p_match": None if p is None else round(float(p), 6), "keep": bool(keep)})
+        return out
+
+    return {"index": int(record["index"]), "image_key": record.get("image_key", ""),
+            "image": record.get("image_path"),
+            "web": texts(record["captions"], web_probs, cfg.filter_web),
+            "synthetic": texts(synthetic, synthetic_probs, cfg.filter_synthetic)}
+
+
+def kept_texts(row: dict) -> list[str]:
+    return [t["text"] for t in row.get("web", []) + row.get("synthetic", []) if t["keep"]]
+
+
+# ---------------------------------------------------------------------------------------------
+# Work split
+
+
+class _Positions(Sequence):
+    """A random-access view of `records` at `positions`, each record's `index` set to its position
+    in `records` (decision rows and outputs refer to records by that)."""
+
+    def __init__(self, records, positions: Sequence[int]):
+        self._records, self._positions = records, positions
+
+    def __len__(self) -> int:
+        return len(self._positions)
+
+    def __getitem__(self, i):
+        if isinstance(i, slice):
+            return [self[j] for j in range(*i.indices(len(self)))]
+        pos = int(self._positions[i])
+        rec = self._records[pos]
+        return dict(rec, index=pos) if "captions" in rec else rec
+
+
+def _part_name(process: int, processes: int, chunk: int) -> str:
+    return f"p{process:05d}-of-{processes:05d}-c{chunk:07d}"
+
+
+def _write_atomic(path: str, text: str) -> None:
+    tmp = path + ".tmp"
+    with open(tmp, "w", encoding="utf-8") as f:
+        f.write(text)
+    os.replace(tmp, path)
+
+
+def _check_config(workdir: str, cfg_json: dict) -> None:
+    """Save the config on the first run; on a rerun refuse another one (runtime knobs aside)."""
+    from blip_jax.train.checkpointing import config_changes
+
+    path = os.path.join(workdir, CONFIG_FILE)
+    if not os.path.exists(path):
+        if jax.process_index() == 0:
+            _write_atomic(path, json.dumps(cfg_json, indent=1, sort_keys=True))
+        return
+    with open(path, encoding="utf-8") as f:
+        saved = json.load(f)
+    strip = lambda d: {k: v for k, v in d.items() if k not in RUNTIME_FIELDS}  # noqa: E731
+    changes = config_changes(strip(saved), strip(cfg_json))
+    if changes:
+        raise CapfiltResumeMismatch(
+            f"{workdir} holds CapFilt parts written with another config ({path}); changed: "
+            + "; ".join(changes) + ". Use a new --workdir, or delete the workdir to start over.")
+
+
+# ---------------------------------------------------------------------------------------------
+# The run
+
+
+@dataclasses.dataclass
+class CapfiltRun:
+    """Everything a run needs, already loaded (`run_capfilt` builds it from a config)."""
+
+    records: Sequence[dict]  # random-access source
+    captioner: Captioner
+    filter: Filter
+    filtering: FilterConfig
+    image_size: int
+    batch_size: int = 32
+    chunk_batches: int = 8
+    seed: int = 0
+    num_threads: int = 4
+    noise_labels: str = ""  # web_noise.json-style file ("" = none)
+    output_format: str = "auto"  # auto | blip_json | array_record
+    log_every_chunks: int = 1
+
+
+def process_chunks(run: CapfiltRun, workdir: str, max_chunks: int | None = None) -> bool:
+    """This process's share, chunk by chunk, skipping finished chunks. Returns True when every
+    chunk of the share is done (False when `max_chunks` stopped it early)."""
+    from blip_jax.data import pipelines as pl
+
+    process, processes = jax.process_index(), jax.process_count()
+    share = range(process, len(run.records), processes)
+    per_chunk = run.batch_size * run.chunk_batches
+    num_chunks = -(-len(share) // per_chunk)
+    parts = os.path.join(workdir, PARTS)
+    os.makedirs(parts, exist_ok=True)
+    base_key = jax.random.fold_in(jax.random.key(run.seed), process)
+    done_now = 0
+    for chunk in range(num_chunks):
+        name = os.path.join(parts, _part_name(process, processes, chunk))
+        if os.path.exists(name + ".meta.json"):
+            continue
+        if max_chunks is not None and done_now >= max_chunks:
+            return False
+        t0 = time.time()
+        positions = share[chunk * per_chunk:(chunk + 1) * per_chunk]
+        view = _Positions(run.records, positions)
+        opts = pl.LoaderOptions(batch_size=run.batch_size, shard_index=0, shard_count=1,
+                                num_threads=run.num_threads)
+        pipeline = pl.eval_pipeline(view, opts, image_size=run.image_size)
+        it = iter(pipeline)
+        rows = {}
+        for b, batch in enumerate(it):
+            keep = np.asarray(batch["mask"]).astype(bool)
+            if not keep.any():
+                continue
+            key = jax.random.fold_in(base_key, chunk * run.chunk_batches + b)
+            pixels = np.asarray(batch["pixel_values"])
+            synthetic = run.captioner(pixels, key)
+            index = np.asarray(batch["index"])
+            recs = [run.records[int(i)] if k else None for i, k in zip(index, keep)]
+            web = [[c if isinstance(c, str) else None for c in r["captions"]] if r else [] for r in recs]
+            # Texts the filter scores per image row: usable web captions, then synthetic ones.
+            scored = [[t for t in w + s if t is not None and run.filter.clean(t)] if r else []
+                      for r, w, s in zip(recs, web, synthetic)]
+            probs = run.filter.match_probabilities(pixels, scored)
+            for i, r, w, s, texts, p in zip(index, recs, web, synthetic, scored, probs):
+                if r is None:
+                    continue
+                prob_of = dict(zip(texts, p.tolist()))
+                row = decide(dict(r, index=int(i), captions=w), [prob_of.get(t) for t in w], s,
+                             [prob_of.get(t) for t in s], run.filtering)
+                rows[row["index"]] = row
+        skips = it.skip_counts
+        seen = set(rows)
+        for pos in positions:  # records the pipeline skipped (unreadable images)
+            if pos not in seen:
+                rec = run.records[pos]
+                key_ = rec.get("image_key", "") if "captions" in rec else rec.get("where", "")
+                rows[pos] = {"index": int(pos), "image_key": key_, "image": rec.get("image_path"), "skipped": True}
+        _write_atomic(name + ".jsonl", "".join(json.dumps(rows[i], ensure_ascii=False) + "\n" for i in sorted(rows)))
+        meta = {"chunk": chunk, "records": len(positions), "skips": skips, "seconds": round(time.time() - t0, 3)}
+        _write_atomic(name + ".meta.json", json.dumps(meta))
+        done_now += 1
+        if run.log_every_chunks and (chunk + 1) % run.log_every_chunks == 0:
+            log.info("chunk %d/%d: %d records in %.1fs (%.1f images/s)", chunk + 1, num_chunks, len(positions),
+                     meta["seconds"], len(positions) / max(meta["seconds"], 1e-9))
+    return True
+
+
+def _iter_rows(paths: list[str]) -> Iterator[dict]:
+    for path in paths:
+        with open(path, encoding="utf-8") as f:
+            for line in f:
+                yield json.loads(line)
+
+
+def merge_outputs(run: CapfiltRun, workdir: str) -> dict:
+    """Parts -> decisions.jsonl, the bootstrapped dataset, report.json; returns the report."""
+    parts = os.path.join(workdir, PARTS)
+    processes = jax.process_count()
+    per_process = []
+    skips: dict[str, int] = {}
+    for p in range(processes):
+        prefix = f"p{p:05d}-of-{processes:05d}-"
+        metas = sorted(f for f in os.listdir(parts) if f.startswith(prefix) and f.endswith(".meta.json"))
+        for m in metas:
+            with open(os.path.join(parts, m), encoding="utf-8") as f:
+                for reason, c in json.load(f)["skips"].items():
+                    skips[reason] = skips.get(reason, 0) + int(c)
+        per_process.append([os.path.join(parts, m.removesuffix(".meta.json") + ".jsonl") for m in metas])
+
+    def merged() -> Iterator[dict]:  # record order across the processes' strided shares
+        return heapq.merge(*(_iter_rows(paths) for paths in per_process), key=lambda r: r["index"])
+
+    fmt = run.output_format
+    if fmt == "auto":
+        first = next((r for r in merged() if not r.get("skipped")), None)
+        fmt = "blip_json" if first is None or first.get("image") else "array_record"
+    if fmt not in ("blip_json", "array_record"):
+        raise ValueError(f"output_format must be auto, blip_json or array_record, got {run.output_format!r}")
+
+    with open(os.path.join(workdir, "decisions.jsonl.tmp"), "w", encoding="utf-8") as f:
+        for row in merged():
+            f.write(json.dumps(row, ensure_ascii=False) + "\n")
+    os.replace(os.path.join(workdir, "decisions.jsonl.tmp"), os.path.join(workdir, "decisions.jsonl"))
+
+    kept_rows = (r for r in merged() if not r.get("skipped") and kept_texts(r))
+    if fmt == "blip_json":
+        out = []
+        for r in kept_rows:
+            if not r.get("image"):
+                raise ValueError(f"record {r['index']} ({r['image_key']!r}) has no image file: use "
+                                 "output_format='array_record' for sources that hold image bytes")
+            out.append({"image": os.path.abspath(r["image"]), "caption": kept_texts(r)})
+        path = os.path.join(workdir, "bootstrapped.json")
+        _write_atomic(path, json.dumps(out, ensure_ascii=False, indent=0))
+        spec = {"name": "capfilt", "format": "blip_json", "paths": [os.path.abspath(path)]}
+    else:
+        from blip_jax.data.convert import write_array_record
+
+        records = (dict(run.records[r["index"]], captions=kept_texts(r)) for r in kept_rows)
+        written = write_array_record(records, os.path.join(workdir, "bootstrapped"), "bootstrapped")
+        spec = {"name": "capfilt", "format": "array_record", "paths": [os.path.abspath(p) for p in written["files"]]}
+    _write_atomic(os.path.join(workdir, "bootstrapped.spec.json"), json.dumps(spec, indent=1))
+
+    labels = load_noise_labels(run.noise_labels) if run.noise_labels else None
+    report = summarize(merged(), skips, labels)
+    report["output"] = spec
+    _write_atomic(os.path.join(workdir, "report.json"), json.dumps(report, indent=1))
+    return report
+
+
+def run_capfilt(run: CapfiltRun, workdir: str, cfg_json: dict | None = None,
+                max_chunks: int | None = None) -> dict | None:
+    """Process this process's share (resuming), then (process 0, once all are done) merge.
+    Returns the report on process 0 after a complete run, else None."""
+    os.makedirs(workdir, exist_ok=True)
+    if cfg_json is not None:
+        _check_config(workdir, cfg_json)
+    t0 = time.time()
+    complete = process_chunks(run, workdir, max_chunks)
+    if not complete:
+        log.info("stopped after %d chunk(s) as asked; rerun the same command to go on", max_chunks)
+        return None
+    if jax.process_count() > 1:
+        from jax.experimental import multihost_utils
+
+        multihost_utils.sync_global_devices("capfilt_parts_done")
+    if jax.process_index() != 0:
+        return None
+    report = merge_outputs(run, workdir)
+    report["seconds"] = round(time.time() - t0, 2)
+    log.info("CapFilt done in %.1fs: %d records, %d texts kept", report["seconds"], report["records"],
+             report["texts_kept"])
+    return report
+
+
+def build_run(cfg, workdir: str) -> CapfiltRun:
+    """A CapfiltRun from a config (configs/capfilt*.py): loads the source, tokenizer and models."""
+    import grain
+
+    from blip_jax import BlipForConditionalGeneration, BlipForImageTextRetrieval
+    from blip_jax.data import pipelines as pl
+    from blip_jax.train.loop import ensure_embedded_dataset, load_tokenizer
+
+    data_root = ensure_embedded_dataset(cfg, workdir) if cfg.data.get("embedded", False) else None
+    spec = pl.DatasetSpec.from_any(_source_spec(cfg.data.source, data_root, cfg.data.get("image_root")))
+    records, load_skips = pl.open_source(spec)
+    if isinstance(records, grain.IterDataset):
+        raise ValueError(f"data.source {spec.name!r} ({spec.format}) streams; CapFilt needs a random-access "
+                         "source: convert webdataset shards with `blip-jax data convert` to ArrayRecord first")
+    if load_skips:
+        log.warning("annotation entries skipped while loading %s: %s", spec.name, dict(load_skips))
+    dtype = {"dtype": cfg.dtype} if cfg.get("dtype") else {}
+    captioner_model = BlipForConditionalGeneration.from_pretrained(cfg.captioner, **dtype)
+    filter_model = BlipForImageTextRetrieval.from_pretrained(cfg.filter, **dtype)
+    tokenizer = load_tokenizer(cfg, data_root, fallback=cfg.captioner)
+    size = int(cfg.image_size or captioner_model.config.vision_config.image_size)
+    if filter_model.config.vision_config.image_size != size:
+        raise ValueError(f"the captioner and the filter see the same pixels: image_size {size}, but the filter "
+                         f"({cfg.filter}) was configured for {filter_model.config.vision_config.image_size}")
+    noise = cfg.data.get("noise_labels", "")
+    if noise == "embedded":
+        noise = os.path.join(data_root, "annotations", "web_noise.json") if data_root else ""
+    filtering = FilterConfig.from_dict(cfg.filtering)
+    return CapfiltRun(
+        records=records,
+        captioner=Captioner(captioner_model, tokenizer, SamplingConfig.from_dict(cfg.sampling)),
+        filter=Filter(filter_model, tokenizer, max_words=filtering.max_words, max_len=filtering.max_len),
+        filtering=filtering, image_size=size, batch_size=int(cfg.batch_size), chunk_batches=int(cfg.chunk_batches),
+        seed=int(cfg.seed), num_threads=int(cfg.get("num_threads", 4)), noise_labels=noise,
+        output_format=cfg.get("output_format", "auto"), log_every_chunks=int(cfg.get("log_every_chunks", 1)))
+
+
+def _source_spec(source, data_root: str | None, image_root: str | None = None) -> dict:
+    """data.source -> a DatasetSpec dict. A string is 'embedded:<split>' (with data.embedded=True)
+    or '<format>:<path>[,<path>...]' (blip_json with data.image_root, array_record globs, tfds
+    name); a dict is a DatasetSpec."""
+    if not isinstance(source, str):
+        return source.to_dict() if hasattr(source, "to_dict") else dict(source)
+    fmt, _, paths = source.partition(":")
+    if fmt == "embedded":
+        if not data_root:
+            raise ValueError(f"data.source {source!r} needs data.embedded=True")
+        from blip_jax.data.synthetic import embedded_spec
+
+        return embedded_spec(paths, data_root)
+    if fmt not in ("blip_json", "array_record", "tfds") or not paths:
+        raise ValueError(f"data.source {source!r}: expected 'embedded:<split>', 'blip_json:<files>', "
+                         "'array_record:<globs>' or 'tfds:<name>' (CapFilt needs a random-access source)")
+    return {"name": "capfilt_source", "format": fmt, "paths": paths.split(","), "image_root": image_root or None}

@@ -1,0 +1,45 @@
+"""`blip-jax capfilt --config configs/capfilt*.py[:arg] --workdir DIR [--config.key=value]`.
+
+Captions every image of ``config.data.source`` with the captioner, scores web and synthetic texts
+with the filter, and writes the bootstrapped dataset, decisions.jsonl and report.json to --workdir
+(`blip_jax.capfilt.bootstrap`). Rerunning the same command resumes; a changed config exits with
+code 2 naming the changed fields.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="blip-jax capfilt", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--config", required=True, help="config file, optionally with :arg")
+    parser.add_argument("--workdir", required=True, help="parts, decisions, the bootstrapped dataset, the report")
+    parser.add_argument("--max-chunks", type=int, default=None,
+                        help="stop after this many new chunks (resume later with the same command)")
+    from blip_jax.config_loader import parse_job_args
+
+    args, cfg = parse_job_args(parser, argv)
+    from blip_jax.capfilt.bootstrap import CapfiltResumeMismatch, build_run, run_capfilt
+    from blip_jax.capfilt.report import format_report
+    from blip_jax.train.checkpointing import config_to_json
+    from blip_jax.train.distributed import maybe_initialize_distributed
+
+    maybe_initialize_distributed()
+    try:
+        run = build_run(cfg, args.workdir)
+        report = run_capfilt(run, args.workdir, cfg_json=config_to_json(cfg), max_chunks=args.max_chunks)
+    except CapfiltResumeMismatch as e:
+        print(f"blip-jax capfilt: {e}", file=sys.stderr)
+        return 2
+    if report is not None:
+        print(format_report(report))
+        print(f"bootstrapped dataset: {json.dumps(report['output'])}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

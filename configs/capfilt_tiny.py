@@ -1,0 +1,54 @@
+"""CapFilt on the embedded dataset's noisy web split, with the tiny pretraining run's models.
+
+    blip-jax train   --config configs/pretrain_tiny.py --workdir workdir/tiny
+    blip-jax capfilt --config configs/capfilt_tiny.py --workdir workdir/tiny_capfilt
+    blip-jax capfilt --config configs/capfilt_tiny.py:workdir/other_run --workdir ...
+
+The argument is the pretraining workdir (default workdir/tiny): its export/captioning and
+export/retrieval folders are the captioner and the filter, and its data/ folder the embedded
+dataset (vocabulary included). The paper fine-tunes both on COCO first; point
+``--config.captioner`` / ``--config.filter`` at `configs/finetune_tiny.py` runs' exports for that.
+The embedded web captions carry ground-truth noise labels, so the report also says how many
+noisy captions the filter removed and how many clean ones it kept. ``smoke`` (``:smoke`` or
+``:smoke,<dir>``) shrinks the dataset for tests.
+"""
+
+import os
+
+import ml_collections
+
+
+def get_config(arg: str = ""):
+    first, _, rest = arg.partition(",")
+    smoke = first == "smoke"
+    pretrain_dir = (rest if smoke else arg) or "workdir/tiny"
+    c = ml_collections.ConfigDict()
+    c.captioner = os.path.join(pretrain_dir, "export", "captioning")
+    c.filter = os.path.join(pretrain_dir, "export", "retrieval")
+    c.tokenizer = ml_collections.ConfigDict(dict(path=""))  # "" = the embedded dataset's vocab.txt
+    c.data = ml_collections.ConfigDict(dict(
+        embedded=True, embedded_dir=os.path.join(pretrain_dir, "data"),
+        embedded_sizes=dict(num_web=2000, num_coco_train=400, num_coco_val=50, num_coco_test=50, image_size=96),
+        source="embedded:web", image_root="", noise_labels="embedded"))
+    c.dtype = ""
+    c.image_size = 0  # 0: the captioner's
+    c.batch_size = 64
+    c.chunk_batches = 8
+    c.num_threads = 4
+    c.log_every_chunks = 1
+    c.seed = 0
+    # BLIP's sampling, but min_length 5: the embedded captions are short ("a red circle at the top left").
+    c.sampling = ml_collections.ConfigDict(dict(prompt="a picture of ", num_captions=1, top_p=0.9, top_k=50,
+                                                temperature=1.0, repetition_penalty=1.1, max_length=30, min_length=5))
+    c.filtering = ml_collections.ConfigDict(dict(threshold=0.5, max_words=30, max_len=35, filter_web=True,
+                                                 filter_synthetic=True))
+    c.output_format = "auto"
+    if smoke:
+        c.data.embedded_sizes = dict(num_web=24, num_coco_train=4, num_coco_val=4, num_coco_test=4, image_size=32,
+                                     vg_questions=2, questions_per_image=2)
+        c.batch_size = 4
+        c.chunk_batches = 2
+        c.num_threads = 2
+        c.sampling.max_length = 12
+        c.sampling.min_length = 3
+    return c

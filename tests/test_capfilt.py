@@ -1,0 +1,244 @@
+"""CapFilt: the filter's scores against the retrieval model's own forward, the captioner, the
+decision rule, the report's numbers, and `blip-jax capfilt` end to end (resume, bad images,
+config changes, both output formats, the merge of several processes' parts)."""
+
+from __future__ import annotations
+
+import json
+import os
+
+import jax
+import numpy as np
+import pytest
+from flax import nnx
+
+from blip_jax import BlipForConditionalGeneration, BlipForImageTextRetrieval
+from blip_jax.capfilt import bootstrap, cli
+from blip_jax.capfilt.bootstrap import FilterConfig, decide
+from blip_jax.capfilt.captioner import Captioner, SamplingConfig
+from blip_jax.capfilt.filter import Filter
+from blip_jax.capfilt.report import load_noise_labels, summarize
+from blip_jax.configuration import BlipConfig, BlipTextConfig, BlipVisionConfig
+from blip_jax.data import annotations as ann
+from blip_jax.data.synthetic import generate_embedded_dataset
+from blip_jax.processing.tokenization import WordPieceTokenizer
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+CONFIG = os.path.join(ROOT, "configs/capfilt_tiny.py")
+
+
+def _tiny_models(data_dir: str, out_dir: str | None = None):
+    """Tiny random captioner + filter over the embedded vocabulary (saved to out_dir if given)."""
+    tok = WordPieceTokenizer.from_vocab_file(os.path.join(data_dir, "vocab.txt"))
+    tc = BlipTextConfig(vocab_size=tok.vocab_size, hidden_size=32, num_hidden_layers=1, num_attention_heads=4,
+                        intermediate_size=48, max_position_embeddings=64, pad_token_id=tok.pad_token_id,
+                        bos_token_id=tok.bos_token_id, sep_token_id=tok.sep_token_id, eos_token_id=tok.sep_token_id,
+                        enc_token_id=tok.enc_token_id, use_enc_token_for_itm=True, initializer_range=0.2)
+    vc = BlipVisionConfig(image_size=32, patch_size=8, hidden_size=32, num_hidden_layers=1, num_attention_heads=4,
+                          intermediate_size=48, initializer_range=0.2)
+    cfg = BlipConfig.from_text_vision_configs(tc, vc, image_text_hidden_size=16)
+    captioner = BlipForConditionalGeneration(cfg, rngs=nnx.Rngs(1))
+    filt = BlipForImageTextRetrieval(cfg, rngs=nnx.Rngs(2))
+    if out_dir:
+        captioner.save_pretrained(os.path.join(out_dir, "captioning"))
+        filt.save_pretrained(os.path.join(out_dir, "retrieval"))
+    return tok, captioner, filt
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory):
+    root = tmp_path_factory.mktemp("capfilt")
+    data = str(root / "data")
+    generate_embedded_dataset(data, num_web=14, num_corrupt=4, num_coco_train=4, num_coco_val=4, num_coco_test=4,
+                              image_size=32, vg_questions=2, questions_per_image=2)
+    tok, captioner, filt = _tiny_models(data, str(root / "export"))
+    return dict(root=root, data=data, export=str(root / "export"), tok=tok, captioner=captioner, filter=filt)
+
+
+def test_filter_probabilities_equal_the_retrieval_forward(world):
+    """Folded, padded scoring of 1-3 texts per image == the model's public ITM forward per pair."""
+    tok, model = world["tok"], world["filter"]
+    rng = np.random.default_rng(0)
+    pixels = rng.normal(size=(3, 32, 32, 3)).astype(np.float32)
+    texts = [["a red circle", "Two BLUE squares!"], ["click here to buy"],
+             ["a green triangle at the top left", "image", "a yellow disc in the middle"]]
+    got = Filter(model, tok, max_len=16).match_probabilities(pixels, texts)
+    for i, row in enumerate(texts):
+        assert got[i].shape == (len(row),)
+        for j, text in enumerate(row):
+            from blip_jax.data.pipelines import tokenize
+            from blip_jax.data.text import pre_caption
+
+            ids, mask = tokenize(tok, [pre_caption(text, 30)], 16)
+            out = model(pixel_values=pixels[i:i + 1], input_ids=ids, attention_mask=mask, use_itm_head=True)
+            want = jax.nn.softmax(np.asarray(out.itm_score, np.float64), axis=-1)[0, 1]
+            np.testing.assert_allclose(got[i][j], want, atol=2e-6)
+    spread = np.ptp(np.concatenate(got))
+    assert spread > 1e-3  # the random filter does tell the texts apart: the check above is not vacuous
+
+
+def test_captioner_samples_reproducibly_without_the_prompt(world):
+    tok, model = world["tok"], world["captioner"]
+    pixels = np.random.default_rng(1).normal(size=(2, 32, 32, 3)).astype(np.float32)
+    cap = Captioner(model, tok, SamplingConfig(num_captions=3, max_length=12, min_length=3))
+    a = cap(pixels, jax.random.key(0))
+    assert [len(r) for r in a] == [3, 3]
+    assert a == cap(pixels, jax.random.key(0))
+    assert a != cap(pixels, jax.random.key(1))
+    ids = model.generate(pixels, input_ids=cap.prompt_ids, do_sample=True, rng=jax.random.key(0), top_p=0.9,
+                         top_k=50, repetition_penalty=1.1, max_length=12, min_length=3, num_return_sequences=3)
+    decoded = tok.batch_decode(np.asarray(ids).tolist(), skip_special_tokens=True)
+    assert all(d.startswith("a picture of") for d in decoded)
+    assert [t for row in a for t in row] == [d[len("a picture of "):].strip() for d in decoded]
+    with pytest.raises(ValueError, match="top_p"):
+        SamplingConfig.from_dict({"top_p": 0.0})
+    with pytest.raises(ValueError, match="unknown fields"):
+        SamplingConfig.from_dict({"top_q": 0.5})
+
+
+def test_decide_rule():
+    rec = {"index": 7, "image_key": "web/a.jpg", "image_path": "/x/web/a.jpg", "captions": ["good", "bad", None]}
+    row = decide(rec, [0.9, 0.5, None], ["syn one", "syn two"], [0.51, 0.2], FilterConfig(threshold=0.5))
+    assert [t["keep"] for t in row["web"]] == [True, False, False]  # p == threshold is dropped; None never kept
+    assert [t["keep"] for t in row["synthetic"]] == [True, False]
+    assert bootstrap.kept_texts(row) == ["good", "syn one"]
+    row = decide(rec, [0.9, 0.5, None], ["s"], [0.1], FilterConfig(filter_web=False, filter_synthetic=True))
+    assert bootstrap.kept_texts(row) == ["good", "bad"]
+    with pytest.raises(ValueError, match="threshold"):
+        FilterConfig.from_dict({"threshold": 1.0})
+
+
+def test_report_numbers():
+    rows = [
+        {"index": 0, "image_key": "a", "web": [{"text": "clean a", "p_match": 0.9, "keep": True}],
+         "synthetic": [{"text": "s0", "p_match": 0.8, "keep": True}]},
+        {"index": 1, "image_key": "b", "web": [{"text": "junk b", "p_match": 0.1, "keep": False}],
+         "synthetic": [{"text": "s1", "p_match": 0.3, "keep": False}]},
+        {"index": 2, "image_key": "c", "web": [{"text": "clean c", "p_match": 0.2, "keep": False}],
+         "synthetic": [{"text": "s2", "p_match": 0.7, "keep": True}]},
+        {"index": 3, "image_key": "d", "web": [{"text": "other d", "p_match": 0.6, "keep": True}],
+         "synthetic": []},
+        {"index": 4, "image_key": "e", "image": None, "skipped": True},
+    ]
+    labels = {("a", "clean a"): "clean", ("b", "junk b"): "junk", ("c", "clean c"): "clean",
+              ("d", "other d"): "other_image"}
+    r = summarize(rows, {"decode_error": 1}, labels)
+    assert (r["records"], r["records_processed"], r["images_kept"], r["images_without_text"]) == (5, 4, 3, 1)
+    assert r["web"]["texts"] == 4 and r["web"]["kept"] == 2 and r["synthetic"]["kept"] == 2 and r["texts_kept"] == 4
+    assert r["web"]["p_match"]["p50"] == pytest.approx(0.4)
+    n = r["noise"]
+    assert n["clean"] == {"texts": 2, "kept": 1, "kept_fraction": 0.5}
+    assert n["clean_kept_fraction"] == 0.5
+    assert n["noisy_removed_fraction"] == 0.5  # junk removed, other_image kept
+    assert n["removal_precision"] == 0.5  # removed: junk b (noisy), clean c (clean)
+    assert "records_skipped_unaccounted" not in r
+    assert summarize(rows, {})["records_skipped_unaccounted"] == 1
+
+
+def _cli(world, workdir, *extra):
+    return cli.main(["--config", f"{CONFIG}:smoke", "--workdir", str(workdir),
+                     f"--config.data.embedded_dir={world['data']}",
+                     f"--config.captioner={world['export']}/captioning",
+                     f"--config.filter={world['export']}/retrieval", "--config.batch_size=4",
+                     "--config.chunk_batches=1", *extra])
+
+
+def test_cli_end_to_end_resume_and_changed_config(world, capsys):
+    root = world["root"]
+    full = root / "full"
+    assert _cli(world, full) == 0
+    printed = capsys.readouterr().out
+    assert "filter vs ground truth" in printed and "bootstrapped dataset" in printed
+    rows = [json.loads(line) for line in (full / "decisions.jsonl").read_text().splitlines()]
+    entries = json.loads(open(os.path.join(world["data"], "annotations/pretrain_web.json")).read())
+    assert [r["index"] for r in rows] == list(range(len(entries))) == list(range(18))
+    skipped = [r for r in rows if r.get("skipped")]
+    assert [r["image_key"] for r in skipped] == [e["image"] for e in entries[14:]]  # the 4 broken images
+    report = json.loads((full / "report.json").read_text())
+    assert sum(report["records_skipped"].values()) == 4 and "records_skipped_unaccounted" not in report
+    assert report["records_processed"] == 14 and report["web"]["texts"] == 14 and report["synthetic"]["texts"] == 14
+    labels = load_noise_labels(os.path.join(world["data"], "annotations/web_noise.json"))
+    assert sum(v["texts"] for k, v in report["noise"].items() if isinstance(v, dict)) == 14
+    assert "unlabelled" not in report["noise"] and len(labels) == 14
+    for r in rows:
+        if not r.get("skipped"):
+            assert [t["text"] for t in r["web"]] == [entries[r["index"]]["caption"]]
+            assert all(t["keep"] == (t["p_match"] is not None and t["p_match"] > 0.5)
+                       for t in r["web"] + r["synthetic"])
+    # The bootstrapped list is what was kept, and the pretraining loader reads it.
+    boot = ann.load_pretrain(str(full / "bootstrapped.json"))
+    kept = [r for r in rows if not r.get("skipped") and bootstrap.kept_texts(r)]
+    assert len(boot) == len(kept) == report["images_kept"]
+    assert [b["captions"] for b in boot] == [bootstrap.kept_texts(r) for r in kept]
+    assert all(os.path.exists(b["image_path"]) for b in boot)
+    spec = json.loads((full / "bootstrapped.spec.json").read_text())
+    assert spec["format"] == "blip_json" and report["output"] == spec
+
+    # Interrupted after 2 chunks, then resumed with the same command: the same files.
+    part = root / "part"
+    assert _cli(world, part, "--max-chunks=2") == 0
+    assert not (part / "decisions.jsonl").exists()
+    assert len(list((part / "parts").glob("*.meta.json"))) == 2
+    assert _cli(world, part) == 0
+    for name in ("decisions.jsonl", "bootstrapped.json"):
+        assert (part / name).read_text() == (full / name).read_text()
+
+    # A changed setting stops with exit code 2 naming it; a speed knob does not.
+    assert _cli(world, part, "--config.filtering.threshold=0.6") == 2
+    assert "filtering.threshold: 0.5 -> 0.6" in capsys.readouterr().err
+    assert _cli(world, part, "--config.num_threads=1") == 0
+
+
+def test_array_record_source_and_output(world, tmp_path):
+    """An ArrayRecord source (images as bytes, no files) -> an ArrayRecord bootstrapped set whose
+    records carry the kept texts and the original image bytes."""
+    from blip_jax.data.convert import write_array_record
+    from blip_jax.data.sources import ArrayRecordRecords
+
+    recs = ann.load_pretrain(os.path.join(world["data"], "annotations/pretrain_web.json"),
+                             os.path.join(world["data"], "images"))
+    written = write_array_record(recs, str(tmp_path / "src"), "web")
+    assert written["num_records"] == 16  # the missing and the empty file are dropped at conversion
+    work = tmp_path / "work"
+    source = "array_record:" + ",".join(written["files"])
+    assert _cli(world, work, f"--config.data.source={source}", "--config.data.noise_labels=") == 0
+    report = json.loads((work / "report.json").read_text())
+    assert report["output"]["format"] == "array_record" and "noise" not in report
+    assert report["records"] == 16 and sum(report["records_skipped"].values()) == 2  # truncated, garbage
+    out = ArrayRecordRecords(report["output"]["paths"])
+    rows = [json.loads(line) for line in (work / "decisions.jsonl").read_text().splitlines()]
+    kept = [r for r in rows if not r.get("skipped") and bootstrap.kept_texts(r)]
+    src = ArrayRecordRecords(written["files"])
+    assert len(out) == len(kept)
+    for i, r in enumerate(kept):
+        assert out[i]["captions"] == bootstrap.kept_texts(r)
+        assert out[i]["image"] == src[r["index"]]["image"]
+
+
+def test_parts_of_two_processes_merge_in_record_order(world, tmp_path, monkeypatch):
+    """Two processes' strided shares, written as each would, merge into one record-ordered file."""
+    run = bootstrap.build_run(_config(world), str(tmp_path))
+    for p in (0, 1):
+        monkeypatch.setattr(jax, "process_index", lambda p=p: p)
+        monkeypatch.setattr(jax, "process_count", lambda: 2)
+        assert bootstrap.process_chunks(run, str(tmp_path))
+    assert len(list((tmp_path / "parts").glob("p00001-of-00002-*.meta.json"))) == 2  # 9 records in chunks of 8
+    monkeypatch.setattr(jax, "process_index", lambda: 0)
+    report = bootstrap.merge_outputs(run, str(tmp_path))
+    rows = [json.loads(line) for line in (tmp_path / "decisions.jsonl").read_text().splitlines()]
+    assert [r["index"] for r in rows] == list(range(18))
+    assert report["records"] == 18 and sum(report["records_skipped"].values()) == 4
+
+
+def _config(world):
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("capfilt_tiny", CONFIG)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    c = mod.get_config("smoke")
+    c.data.embedded_dir = world["data"]
+    c.captioner = os.path.join(world["export"], "captioning")
+    c.filter = os.path.join(world["export"], "retrieval")
+    c.batch_size, c.chunk_batches = 4, 2
+    return c

@@ -1,10 +1,12 @@
 """Tiny BLIP pretraining on the embedded synthetic dataset: the newcomer's first run.
 
     blip-jax train --config configs/pretrain_tiny.py --workdir workdir/tiny
+    blip-jax train --config configs/pretrain_tiny.py:bootstrapped=workdir/tiny_capfilt --workdir workdir/tiny_boot
 
 Runs on 2 CPU cores in a few minutes: generates the embedded dataset (noisy web split + clean
 COCO-style captions) into <workdir>/data, trains a small ViT + text transformer with ITC, ITM
-and LM, and prints the loss table.
+and LM, and prints the loss table. With ``bootstrapped=<dir>`` the noisy web split is replaced by
+what a CapFilt run (configs/capfilt_tiny.py) kept, the paper's last step.
 """
 
 import os
@@ -16,8 +18,10 @@ from common import base_config  # noqa: E402
 
 
 def get_config(arg: str = ""):
-    if arg not in ("", "smoke"):
-        raise ValueError(f"configs/pretrain_tiny.py: unknown argument {arg!r}; '' (the default) or 'smoke'")
+    bootstrapped = arg.removeprefix("bootstrapped=") if arg.startswith("bootstrapped=") else ""
+    if arg not in ("", "smoke") and not bootstrapped:
+        raise ValueError(f"configs/pretrain_tiny.py: unknown argument {arg!r}; '' (the default), 'smoke' or "
+                         "'bootstrapped=<capfilt workdir>'")
     c = base_config()
     c.model.vision = dict(image_size=64, patch_size=8, hidden_size=128, num_hidden_layers=3,
                           num_attention_heads=4, intermediate_size=256, layer_norm_eps=1e-6,
@@ -31,6 +35,9 @@ def get_config(arg: str = ""):
     c.data.embedded_sizes = dict(num_web=2000, num_coco_train=400, num_coco_val=50, num_coco_test=50,
                                  image_size=96)
     c.data.datasets = ["web", "coco"]  # embedded splits: noisy web captions + clean 5-caption set
+    if bootstrapped:  # CapFilt's step 5: the web split replaced by what `blip-jax capfilt` kept
+        c.data.datasets = [dict(name="capfilt", format="blip_json",
+                                paths=[os.path.join(bootstrapped, "bootstrapped.json")]), "coco"]
     c.data.image_size = 64
     c.data.min_scale = 0.6  # smaller crops cut whole objects out of 96-px scenes
     c.data.max_len = 24

@@ -20,7 +20,7 @@ from tests.test_salesforce import as_salesforce  # noqa: E402
 def test_help_lists_every_command(capsys):
     assert cli_main(["--help"]) == 0
     out = capsys.readouterr().out
-    for command in ("train", "eval", "data", "caption", "convert"):
+    for command in ("train", "eval", "data", "caption", "convert", "capfilt"):
         assert f"  {command} " in out
 
 
@@ -74,7 +74,8 @@ def test_caption_command(tmp_path, capsys, monkeypatch, source):
 
 
 @pytest.mark.parametrize("command,config", [("train", "configs/pretrain_tiny.py:smok"),
-                                            ("eval", "configs/eval_tiny.py:smoke,x")])
+                                            ("eval", "configs/eval_tiny.py:smoke,x"),
+                                            ("capfilt", "configs/capfilt.py:/data/ar/web,huge")])
 def test_a_mistyped_config_argument_stops_the_job(tmp_path, capsys, command, config):
     """A typo after the colon must not silently run the full-size default config."""
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

@@ -94,3 +94,16 @@ def parse_job_args(parser: argparse.ArgumentParser, argv: list[str] | None):
         return args, load_config(args.config, overrides)
     except (KeyError, ValueError, TypeError, FileNotFoundError) as e:
         parser.error(str(e).strip('"'))
+
+
+def dataclass_from_config(cls, section: str, values):
+    """A dataclass from a config section (ConfigDict or dict); unknown keys are an error naming the
+    section, the keys and the known fields."""
+    import dataclasses
+
+    d = values.to_dict() if hasattr(values, "to_dict") else dict(values)
+    known = [f.name for f in dataclasses.fields(cls)]
+    unknown = sorted(set(d) - set(known))
+    if unknown:
+        raise ValueError(f"{section}: unknown fields {unknown}; known: {known}")
+    return cls(**d)

@@ -242,3 +242,31 @@ def _config(world):
     c.filter = os.path.join(world["export"], "retrieval")
     c.batch_size, c.chunk_batches = 4, 2
     return c
+
+
+def test_two_local_devices_give_the_same_decisions(world, tmp_path):
+    """Batches split over 2 (simulated) devices of one process: the same captions and decisions."""
+    import subprocess
+    import sys
+
+    one = tmp_path / "one"
+    assert _cli(world, one) == 0
+    two = tmp_path / "two"
+    args = ["--config", f"{CONFIG}:smoke", "--workdir", str(two), f"--config.data.embedded_dir={world['data']}",
+            f"--config.captioner={world['export']}/captioning", f"--config.filter={world['export']}/retrieval",
+            "--config.batch_size=4", "--config.chunk_batches=1"]
+    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=2", JAX_PLATFORMS="cpu")
+    code = ("import sys, jax; from blip_jax.capfilt import cli; assert jax.local_device_count() == 2; "
+            f"sys.exit(cli.main({args!r}))")
+    proc = subprocess.run([sys.executable, "-c", code], env=env, cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    a = [json.loads(line) for line in (one / "decisions.jsonl").read_text().splitlines()]
+    b = [json.loads(line) for line in (two / "decisions.jsonl").read_text().splitlines()]
+    assert len(a) == len(b) == 18
+    for x, y in zip(a, b):
+        assert x.get("skipped") == y.get("skipped")
+        for kind in ("web", "synthetic"):
+            assert [t["text"] for t in x.get(kind, [])] == [t["text"] for t in y.get(kind, [])]
+            assert [t["keep"] for t in x.get(kind, [])] == [t["keep"] for t in y.get(kind, [])]
+            np.testing.assert_allclose([t["p_match"] or 0 for t in x.get(kind, [])],
+                                       [t["p_match"] or 0 for t in y.get(kind, [])], atol=1e-5)

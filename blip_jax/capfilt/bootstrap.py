@@ -35,7 +35,7 @@ from collections.abc import Iterator, Sequence
 import jax
 import numpy as np
 
-from blip_jax.capfilt.captioner import Captioner, SamplingConfig
+from blip_jax.capfilt.captioner import Captioner, SamplingConfig, local_mesh
 from blip_jax.capfilt.filter import Filter
 from blip_jax.capfilt.report import load_noise_labels, summarize
 
@@ -61,12 +61,9 @@ class FilterConfig:
 
     @classmethod
     def from_dict(cls, d) -> FilterConfig:
-        d = dict(d)
-        unknown = set(d) - {f.name for f in dataclasses.fields(cls)}
-        if unknown:
-            raise ValueError(f"filtering: unknown fields {sorted(unknown)}; known: "
-                             f"{[f.name for f in dataclasses.fields(cls)]}")
-        out = cls(**d)
+        from blip_jax.config_loader import dataclass_from_config
+
+        out = dataclass_from_config(cls, "filtering", d)
         if not 0.0 <= out.threshold < 1.0:
             raise ValueError(f"filtering.threshold must be in [0, 1), got {out.threshold}")
         return out
@@ -354,11 +351,14 @@ def build_run(cfg, workdir: str) -> CapfiltRun:
     if noise == "embedded":
         noise = os.path.join(data_root, "annotations", "web_noise.json") if data_root else ""
     filtering = FilterConfig.from_dict(cfg.filtering)
+    mesh = local_mesh()
+    devices = mesh.devices.size
+    batch_size = -(-int(cfg.batch_size) // devices) * devices  # every device gets whole rows
     return CapfiltRun(
         records=records,
-        captioner=Captioner(captioner_model, tokenizer, SamplingConfig.from_dict(cfg.sampling)),
-        filter=Filter(filter_model, tokenizer, max_words=filtering.max_words, max_len=filtering.max_len),
-        filtering=filtering, image_size=size, batch_size=int(cfg.batch_size), chunk_batches=int(cfg.chunk_batches),
+        captioner=Captioner(captioner_model, tokenizer, SamplingConfig.from_dict(cfg.sampling), mesh=mesh),
+        filter=Filter(filter_model, tokenizer, max_words=filtering.max_words, max_len=filtering.max_len, mesh=mesh),
+        filtering=filtering, image_size=size, batch_size=batch_size, chunk_batches=int(cfg.chunk_batches),
         seed=int(cfg.seed), num_threads=int(cfg.get("num_threads", 4)), noise_labels=noise,
         output_format=cfg.get("output_format", "auto"), log_every_chunks=int(cfg.get("log_every_chunks", 1)))
 

@@ -11,6 +11,9 @@ import dataclasses
 
 import jax
 import numpy as np
+from flax import nnx
+from jax.sharding import NamedSharding
+from jax.sharding import PartitionSpec as P
 
 
 @dataclasses.dataclass(frozen=True)
@@ -26,12 +29,9 @@ class SamplingConfig:
 
     @classmethod
     def from_dict(cls, d) -> SamplingConfig:
-        d = dict(d)
-        unknown = set(d) - {f.name for f in dataclasses.fields(cls)}
-        if unknown:
-            raise ValueError(f"sampling: unknown fields {sorted(unknown)}; known: "
-                             f"{[f.name for f in dataclasses.fields(cls)]}")
-        out = cls(**d)
+        from blip_jax.config_loader import dataclass_from_config
+
+        out = dataclass_from_config(cls, "sampling", d)
         if out.num_captions < 1:
             raise ValueError(f"sampling.num_captions must be >= 1, got {out.num_captions}")
         if not 0.0 < out.top_p <= 1.0:
@@ -39,22 +39,41 @@ class SamplingConfig:
         return out
 
 
+def local_mesh():
+    """A 1-D 'data' mesh over this process's devices (CapFilt shares no arrays across processes)."""
+    return jax.sharding.Mesh(np.asarray(jax.local_devices()), ("data",))
+
+
+def replicate(tree, mesh):
+    return jax.device_put(tree, NamedSharding(mesh, P()))
+
+
+def split_rows(x, mesh):
+    """(R, ...) host array -> rows split evenly over the mesh's devices (R a multiple of their count)."""
+    return jax.device_put(np.asarray(x), NamedSharding(mesh, P("data")))
+
+
 class Captioner:
     """`captioner(pixel_values (B, H, W, 3), rng) -> B lists of num_captions strings` (prompt cut off).
 
     The decode is `BlipForConditionalGeneration.generate` (one jit-compiled while_loop per batch
-    shape); the same rng and batch give the same captions."""
+    shape); the same rng and batch give the same captions. With a ``mesh`` (a 'data' axis over this
+    process's devices) the weights are replicated and each batch is split over the devices."""
 
-    def __init__(self, model, tokenizer, sampling: SamplingConfig = SamplingConfig()):
+    def __init__(self, model, tokenizer, sampling: SamplingConfig = SamplingConfig(), mesh=None):
         from blip_jax.evaluation.captioning import prompt_ids
 
-        self.model, self.tokenizer, self.sampling = model, tokenizer, sampling
+        self.model, self.tokenizer, self.sampling, self.mesh = model, tokenizer, sampling, mesh
         self.prompt_ids = prompt_ids(tokenizer, sampling.prompt) if sampling.prompt else None
+        if mesh is not None:
+            nnx.update(model, replicate(nnx.state(model), mesh))
 
     def __call__(self, pixel_values, rng: jax.Array) -> list[list[str]]:
         from blip_jax.evaluation.captioning import strip_prompt
 
         s = self.sampling
+        if self.mesh is not None:
+            pixel_values = split_rows(pixel_values, self.mesh)
         ids = self.model.generate(
             pixel_values, input_ids=self.prompt_ids, do_sample=True, rng=rng, top_p=s.top_p, top_k=s.top_k,
             temperature=s.temperature, repetition_penalty=s.repetition_penalty, max_length=s.max_length,

@@ -17,6 +17,8 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from blip_jax.capfilt.captioner import replicate, split_rows
+
 
 def _bucket(n: int) -> int:
     """Texts per image, rounded up to a power of two: few distinct shapes, few compiles."""
@@ -27,10 +29,12 @@ class Filter:
     """`filter.match_probabilities(pixel_values (B, H, W, 3), texts: B lists of str) -> B float32
     arrays` (p(match) per text, in the order given)."""
 
-    def __init__(self, model, tokenizer, *, max_words: int = 30, max_len: int = 35):
-        self.model, self.tokenizer = model, tokenizer
+    def __init__(self, model, tokenizer, *, max_words: int = 30, max_len: int = 35, mesh=None):
+        self.model, self.tokenizer, self.mesh = model, tokenizer, mesh
         self.max_words, self.max_len = max_words, max_len
         graphdef, self._state = nnx.split(model)
+        if mesh is not None:  # weights replicated, image rows (and their texts) split over the devices
+            self._state = replicate(self._state, mesh)
 
         @jax.jit
         def probabilities(state, pixel_values, ids, mask):
@@ -63,5 +67,7 @@ class Filter:
             tok_ids, tok_mask = tokenize(self.tokenizer, flat, self.max_len)
             rows = np.asarray([i * c + j for i, row in enumerate(texts) for j in range(len(row))])
             ids[rows], mask[rows] = tok_ids, tok_mask
-        probs = np.asarray(self._probabilities(self._state, jnp.asarray(pixel_values), ids, mask))
+        inputs = (pixel_values, ids, mask)
+        inputs = tuple(split_rows(x, self.mesh) for x in inputs) if self.mesh is not None else map(jnp.asarray, inputs)
+        probs = np.asarray(self._probabilities(self._state, *inputs))
         return [probs[i * c:i * c + len(row)] for i, row in enumerate(texts)]

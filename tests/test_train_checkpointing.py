@@ -136,6 +136,19 @@ def test_keep_last_k_interval_and_force(tmp_path):
     ckpt.close()
 
 
+def test_relative_workdir(tmp_path, monkeypatch):
+    """`--workdir workdir/tiny`, as the README's first command: orbax takes absolute paths only."""
+    monkeypatch.chdir(tmp_path)
+    ckpt = Checkpointer("runs/a", save_interval_steps=1, async_save=False)
+    assert ckpt.save(1, _toy_state())
+    ckpt.wait()
+    assert os.path.isdir(tmp_path / "runs/a/checkpoints/1")
+    state, step = ckpt.restore_latest(jax.tree.map(lambda x: x, _toy_state()))
+    assert step == 1
+    _assert_same(state, _toy_state())
+    ckpt.close()
+
+
 def test_half_written_checkpoint_is_never_picked_up(tmp_path):
     ckpt = Checkpointer(tmp_path, save_interval_steps=1)
     ckpt.save(10, {"v": jnp.float32(10)})

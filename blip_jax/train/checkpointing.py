@@ -204,7 +204,9 @@ class Checkpointer:
         keep_period: int | None = None,
         async_save: bool = True,
     ):
-        self.workdir = epath.Path(workdir)
+        workdir = os.fspath(workdir)
+        # orbax's tensorstore writer refuses relative paths: a relative workdir is the cwd's.
+        self.workdir = epath.Path(workdir if "://" in workdir else os.path.abspath(workdir))
         self.directory = self.workdir / "checkpoints"
         self._async = async_save
         options = ocp.CheckpointManagerOptions(

@@ -170,6 +170,28 @@ class CapfiltRun:
     log_every_chunks: int = 1
 
 
+def decide_batch(run: CapfiltRun, batch: dict, key: jax.Array) -> list[dict]:
+    """One eval batch (pixel_values (B, H, W, 3), mask (B,), index (B,) record positions) -> the
+    decision rows of its real rows: caption every image, score its usable web captions and its
+    synthetic ones in one filter pass, apply the rule."""
+    pixels = np.asarray(batch["pixel_values"])
+    synthetic = run.captioner(pixels, key)
+    keep = np.asarray(batch["mask"]).astype(bool)
+    index = np.asarray(batch["index"])
+    recs = [run.records[int(i)] if k else None for i, k in zip(index, keep)]
+    web = [[c if isinstance(c, str) else None for c in r["captions"]] if r else [] for r in recs]
+    scored = [[t for t in w + s if t is not None and run.filter.clean(t)] if r else []
+              for r, w, s in zip(recs, web, synthetic)]
+    probs = run.filter.match_probabilities(pixels, scored)
+    rows = []
+    for i, r, w, s, texts, p in zip(index, recs, web, synthetic, scored, probs):
+        if r is not None:
+            prob_of = dict(zip(texts, p.tolist()))
+            rows.append(decide(dict(r, index=int(i), captions=w), [prob_of.get(t) for t in w], s,
+                               [prob_of.get(t) for t in s], run.filtering))
+    return rows
+
+
 def process_chunks(run: CapfiltRun, workdir: str, max_chunks: int | None = None) -> bool:
     """This process's share, chunk by chunk, skipping finished chunks. Returns True when every
     chunk of the share is done (False when `max_chunks` stopped it early)."""
@@ -198,26 +220,9 @@ def process_chunks(run: CapfiltRun, workdir: str, max_chunks: int | None = None)
         it = iter(pipeline)
         rows = {}
         for b, batch in enumerate(it):
-            keep = np.asarray(batch["mask"]).astype(bool)
-            if not keep.any():
-                continue
-            key = jax.random.fold_in(base_key, chunk * run.chunk_batches + b)
-            pixels = np.asarray(batch["pixel_values"])
-            synthetic = run.captioner(pixels, key)
-            index = np.asarray(batch["index"])
-            recs = [run.records[int(i)] if k else None for i, k in zip(index, keep)]
-            web = [[c if isinstance(c, str) else None for c in r["captions"]] if r else [] for r in recs]
-            # Texts the filter scores per image row: usable web captions, then synthetic ones.
-            scored = [[t for t in w + s if t is not None and run.filter.clean(t)] if r else []
-                      for r, w, s in zip(recs, web, synthetic)]
-            probs = run.filter.match_probabilities(pixels, scored)
-            for i, r, w, s, texts, p in zip(index, recs, web, synthetic, scored, probs):
-                if r is None:
-                    continue
-                prob_of = dict(zip(texts, p.tolist()))
-                row = decide(dict(r, index=int(i), captions=w), [prob_of.get(t) for t in w], s,
-                             [prob_of.get(t) for t in s], run.filtering)
-                rows[row["index"]] = row
+            if np.asarray(batch["mask"]).any():
+                key = jax.random.fold_in(base_key, chunk * run.chunk_batches + b)
+                rows.update((row["index"], row) for row in decide_batch(run, batch, key))
         skips = it.skip_counts
         seen = set(rows)
         for pos in positions:  # records the pipeline skipped (unreadable images)

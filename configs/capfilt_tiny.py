@@ -1,16 +1,18 @@
-"""CapFilt on the embedded dataset's noisy web split, with the tiny pretraining run's models.
+"""CapFilt on the embedded dataset's noisy web split, with the tiny runs' models.
 
     blip-jax train   --config configs/pretrain_tiny.py --workdir workdir/tiny
+    blip-jax train   --config configs/finetune_tiny.py:caption,workdir/tiny   --workdir workdir/tiny_caption
+    blip-jax train   --config configs/finetune_tiny.py:retrieval,workdir/tiny --workdir workdir/tiny_retrieval
     blip-jax capfilt --config configs/capfilt_tiny.py --workdir workdir/tiny_capfilt
-    blip-jax capfilt --config configs/capfilt_tiny.py:workdir/other_run --workdir ...
 
-The argument is the pretraining workdir (default workdir/tiny): its export/captioning and
-export/retrieval folders are the captioner and the filter, and its data/ folder the embedded
-dataset (vocabulary included). The paper fine-tunes both on COCO first; point
-``--config.captioner`` / ``--config.filter`` at `configs/finetune_tiny.py` runs' exports for that.
-The embedded web captions carry ground-truth noise labels, so the report also says how many
-noisy captions the filter removed and how many clean ones it kept. ``smoke`` (``:smoke`` or
-``:smoke,<dir>``) shrinks the dataset for tests.
+As in the paper, the captioner and the filter are the pretrained model fine-tuned on (embedded)
+COCO: the argument is the pretraining workdir W (default workdir/tiny), the captioner is
+W_caption/export/captioning, the filter W_retrieval/export/retrieval, and W/data is the embedded
+dataset (vocabulary included). ``--config.captioner`` / ``--config.filter`` take any other model
+(W/export/captioning and W/export/retrieval are the un-fine-tuned ones). The embedded web captions
+carry ground-truth noise labels, so the report also says how many noisy captions the filter
+removed and how many clean ones it kept, at this threshold and at others. ``smoke`` (``:smoke``
+or ``:smoke,<W>``) shrinks the dataset for tests.
 """
 
 import os
@@ -23,8 +25,8 @@ def get_config(arg: str = ""):
     smoke = first == "smoke"
     pretrain_dir = (rest if smoke else arg) or "workdir/tiny"
     c = ml_collections.ConfigDict()
-    c.captioner = os.path.join(pretrain_dir, "export", "captioning")
-    c.filter = os.path.join(pretrain_dir, "export", "retrieval")
+    c.captioner = os.path.join(pretrain_dir.rstrip("/") + "_caption", "export", "captioning")
+    c.filter = os.path.join(pretrain_dir.rstrip("/") + "_retrieval", "export", "retrieval")
     c.tokenizer = ml_collections.ConfigDict(dict(path=""))  # "" = the embedded dataset's vocab.txt
     c.data = ml_collections.ConfigDict(dict(
         embedded=True, embedded_dir=os.path.join(pretrain_dir, "data"),

@@ -131,8 +131,15 @@ def test_report_numbers():
     assert n["clean_kept_fraction"] == 0.5
     assert n["noisy_removed_fraction"] == 0.5  # junk removed, other_image kept
     assert n["removal_precision"] == 0.5  # removed: junk b (noisy), clean c (clean)
+    assert n["auc_clean_vs_noisy"] == 0.75  # clean {0.9, 0.2} above noisy {0.1, 0.6} in 3 of 4 pairs
+    sweep = r["web"]["threshold_sweep"]
+    assert sweep["0.5"] == {"web_kept": 0.5, "clean_kept": 0.5, "noisy_removed": 0.5}
+    assert sweep["0.1"] == {"web_kept": 0.75, "clean_kept": 1.0, "noisy_removed": 0.5}  # p == 0.1 is dropped
     assert "records_skipped_unaccounted" not in r
     assert summarize(rows, {})["records_skipped_unaccounted"] == 1
+    from blip_jax.capfilt.report import _auc
+
+    assert _auc([0.5, 0.7], [0.5]) == 0.75 and _auc([], [0.1]) is None  # a tie counts half
 
 
 def _cli(world, workdir, *extra):

@@ -13,6 +13,7 @@ from collections.abc import Iterable
 import numpy as np
 
 QUANTILES = (0.1, 0.5, 0.9)
+SWEEP = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)
 
 
 def load_noise_labels(path: str) -> dict[tuple[str, str], str]:
@@ -40,6 +41,7 @@ def summarize(rows: Iterable[dict], skips: dict[str, int] | None = None,
     """Decision rows (+ skipped-record counts by reason) -> the report dict (report.json)."""
     n = collections.Counter()
     web_p, syn_p = [], []
+    web_labelled: list[tuple[float, str | None]] = []  # (p_match, noise type or None) of scored web texts
     by_noise: dict[str, collections.Counter] = collections.defaultdict(collections.Counter)
     for row in rows:
         if row.get("skipped"):
@@ -49,14 +51,15 @@ def summarize(rows: Iterable[dict], skips: dict[str, int] | None = None,
         kept = 0
         for t in row["web"]:
             n["web_texts"] += 1
+            label = None if noise_labels is None else noise_labels.get((row["image_key"], t["text"]))
             if t["p_match"] is None:
                 n["web_unusable"] += 1
             else:
                 web_p.append(t["p_match"])
+                web_labelled.append((t["p_match"], label))
             n["web_kept"] += t["keep"]
             kept += t["keep"]
             if noise_labels is not None:
-                label = noise_labels.get((row["image_key"], t["text"]))
                 c = by_noise["unlabelled" if label is None else label]
                 c["texts"] += 1
                 c["kept"] += t["keep"]
@@ -83,9 +86,43 @@ def summarize(rows: Iterable[dict], skips: dict[str, int] | None = None,
     }
     if skips is not None and sum(skips.values()) != n["records_skipped"]:
         report["records_skipped_unaccounted"] = n["records_skipped"] - sum(skips.values())
+    if web_labelled:
+        report["web"]["threshold_sweep"] = _threshold_sweep(web_labelled)
     if noise_labels is not None:
         report["noise"] = _noise_scores(by_noise)
+        auc = _auc([p for p, k in web_labelled if k == "clean"],
+                   [p for p, k in web_labelled if k not in ("clean", None)])
+        if auc is not None:
+            report["noise"]["auc_clean_vs_noisy"] = round(auc, 4)
     return report
+
+
+def _auc(positive: list[float], negative: list[float]) -> float | None:
+    """P(a positive scores above a negative), ties counting half (Mann-Whitney U / n1 n0)."""
+    if not positive or not negative:
+        return None
+    scores = np.asarray(positive + negative, np.float64)
+    _, inverse, counts = np.unique(scores, return_inverse=True, return_counts=True)
+    first = np.cumsum(counts) - counts  # 0-based rank of each distinct value's first occurrence
+    ranks = first[inverse] + (counts[inverse] + 1) / 2.0  # average 1-based ranks
+    n1, n0 = len(positive), len(negative)
+    return float((ranks[:n1].sum() - n1 * (n1 + 1) / 2.0) / (n1 * n0))
+
+
+def _threshold_sweep(web: list[tuple[float, str | None]]) -> dict:
+    """Per threshold: the fraction of scored web captions kept and, with labels, of clean ones kept
+    and noisy ones removed (what another `filtering.threshold` would have done)."""
+    out = {}
+    for t in SWEEP:
+        row = {"web_kept": round(sum(p > t for p, _ in web) / len(web), 4)}
+        clean = [p for p, k in web if k == "clean"]
+        noisy = [p for p, k in web if k not in ("clean", None, "unlabelled")]
+        if clean:
+            row["clean_kept"] = round(sum(p > t for p in clean) / len(clean), 4)
+        if noisy:
+            row["noisy_removed"] = round(sum(p <= t for p in noisy) / len(noisy), 4)
+        out[str(t)] = row
+    return out
 
 
 def _noise_scores(by_noise: dict[str, collections.Counter]) -> dict:
@@ -129,5 +166,10 @@ def format_report(report: dict) -> str:
             f"{k} {v['kept']}/{v['texts']} ({v['kept_fraction']:.1%})" for k, v in kinds.items()))
         lines.append("filter vs ground truth: " + ", ".join(
             f"{k} {noise[k]:.1%}" for k in ("clean_kept_fraction", "noisy_removed_fraction", "removal_precision")
-            if k in noise))
+            if k in noise) + (f", AUC clean vs noisy {noise['auc_clean_vs_noisy']:.3f}"
+                              if "auc_clean_vs_noisy" in noise else ""))
+        sweep = report["web"].get("threshold_sweep", {})
+        lines.append("other thresholds (clean kept / noisy removed): " + ", ".join(
+            f"{t}: {v['clean_kept']:.0%}/{v['noisy_removed']:.0%}" for t, v in sweep.items()
+            if "clean_kept" in v and "noisy_removed" in v))
     return "\n".join(lines)

@@ -7,6 +7,7 @@ import sys
 
 # command -> (module, function taking argv list and returning an exit code, one-line help)
 COMMANDS = {
+    "pipeline": ("blip_jax.pipeline", "main", "the whole recipe as one resumable job (pretrain ... CapFilt ... eval)"),
     "train": ("blip_jax.train.cli", "main", "pretrain or fine-tune from a config file (resumes in --workdir)"),
     "data": ("blip_jax.data.cli", "main", "prepare / convert / inspect datasets (embedded, ArrayRecord)"),
     "capfilt": ("blip_jax.capfilt.cli", "main", "caption + filter a web dataset into a bootstrapped one (CapFilt)"),

@@ -18,10 +18,13 @@ from common import base_config  # noqa: E402
 
 
 def get_config(arg: str = ""):
-    bootstrapped = arg.removeprefix("bootstrapped=") if arg.startswith("bootstrapped=") else ""
-    if arg not in ("", "smoke") and not bootstrapped:
-        raise ValueError(f"configs/pretrain_tiny.py: unknown argument {arg!r}; '' (the default), 'smoke' or "
-                         "'bootstrapped=<capfilt workdir>'")
+    opts = [a for a in arg.split(",") if a]
+    bootstrapped = next((a.removeprefix("bootstrapped=") for a in opts if a.startswith("bootstrapped=")), "")
+    for a in opts:
+        if a != "smoke" and not a.startswith("bootstrapped="):
+            raise ValueError(f"configs/pretrain_tiny.py: unknown argument {a!r}; '' (the default), 'smoke' and/or "
+                             "'bootstrapped=<capfilt workdir>'")
+    arg = "smoke" if "smoke" in opts else ""
     c = base_config()
     c.model.vision = dict(image_size=64, patch_size=8, hidden_size=128, num_hidden_layers=3,
                           num_attention_heads=4, intermediate_size=256, layer_norm_eps=1e-6,

@@ -268,6 +268,18 @@ def test_dataset_spec_validation():
     assert isinstance(grain.IterDataset, type)
 
 
+def test_an_empty_dataset_is_named(emb, tmp_path):
+    """A mixture member without records (e.g. a CapFilt run that kept nothing) is named, instead of
+    grain's 'All datasets must have positive length for mixing'."""
+    empty = tmp_path / "bootstrapped.json"
+    empty.write_text("[]")
+    specs = [dict(name="capfilt", format="blip_json", paths=[str(empty)]),
+             dict(name="web", format="blip_json", paths=[f"{emb}/annotations/pretrain_web.json"],
+                  image_root=f"{emb}/images")]
+    with pytest.raises(ValueError, match=r"dataset 'capfilt' \(.*bootstrapped.json\) has no records"):
+        P.pretrain_pipeline(specs, FakeTokenizer(), _opts(), max_len=16)
+
+
 @pytest.mark.parametrize("exact", [False, True])
 def test_exact_crops_config_reaches_the_train_transform(monkeypatch, exact):
     from blip_jax.config_loader import load_config

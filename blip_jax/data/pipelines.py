@@ -507,6 +507,9 @@ def train_pipeline(datasets: Sequence[DatasetSpec | dict], processor, opts: Load
             num_examples = None
         else:
             ds = grain.MapDataset.source(src)[shard_index::shard_count]
+            if not len(ds):
+                raise ValueError(f"dataset {spec.name!r} ({', '.join(spec.paths)}) has no records"
+                                 + (f" for process {shard_index} of {shard_count}" if shard_count > 1 else ""))
             if num_examples is not None:
                 num_examples += len(ds)
             if shuffle:

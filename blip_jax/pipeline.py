@@ -1,0 +1,109 @@
+"""`blip-jax pipeline --config configs/pipeline_tiny.py[:arg] --workdir W`: the BLIP recipe as one
+resumable job.
+
+The config lists stages; each is one `blip-jax` command (train, capfilt, eval) run with
+``--workdir W/<stage>`` and its own arguments, in which ``{W}`` stands for the pipeline's workdir.
+A stage that finishes leaves ``W/<stage>/STAGE_DONE`` (its command line); rerunning the pipeline
+skips those and resumes the interrupted one (each command resumes on its own), and stops with exit
+code 2 if a finished stage's command line has changed. A failing stage stops the pipeline with
+its exit code. At the end a summary compares the evaluations and shows the CapFilt report.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+import time
+
+log = logging.getLogger("blip_jax.pipeline")
+
+DONE = "STAGE_DONE"
+SUMMARY_METRICS = ("retrieval/txt_r1", "retrieval/img_r1", "retrieval/r_mean", "caption/CIDEr", "vqa/accuracy")
+
+
+def stage_argv(stage, workdir: str) -> list[str]:
+    """One stage of the config -> the `blip-jax` argv that runs it."""
+    stage = stage.to_dict() if hasattr(stage, "to_dict") else dict(stage)
+    missing = {"name", "command", "args"} - set(stage)
+    if missing:
+        raise ValueError(f"pipeline stage {stage!r}: missing {sorted(missing)}")
+    args = [str(a).replace("{W}", workdir) for a in stage["args"]]
+    return [stage["command"], *args, "--workdir", os.path.join(workdir, stage["name"])]
+
+
+def run_pipeline(cfg, workdir: str) -> int:
+    from blip_jax.cli import main as blip_jax
+
+    os.makedirs(workdir, exist_ok=True)
+    seconds = {}
+    for stage in cfg.stages:
+        name = stage["name"]
+        done = os.path.join(workdir, name, DONE)
+        argv = stage_argv(stage, workdir)
+        if os.path.exists(done):
+            with open(done) as f:
+                before = json.load(f)["argv"]
+            if before != argv:
+                print(f"blip-jax pipeline: stage {name!r} in {workdir} finished with other arguments:\n  before: "
+                      f"{' '.join(before)}\n  now:    {' '.join(argv)}\nuse a new --workdir, or delete "
+                      f"{os.path.join(workdir, name)} and the stages after it", file=sys.stderr)
+                return 2
+            log.info("stage %s: done before, skipped", name)
+            continue
+        log.info("stage %s: blip-jax %s", name, " ".join(argv))
+        t0 = time.time()
+        code = blip_jax(argv)
+        if code:
+            print(f"blip-jax pipeline: stage {name!r} failed with exit code {code}; rerunning the same command "
+                  "resumes from it", file=sys.stderr)
+            return code
+        seconds[name] = time.time() - t0
+        with open(done, "w") as f:
+            json.dump({"argv": argv, "seconds": round(seconds[name], 1)}, f)
+    print(summary(cfg, workdir, seconds))
+    return 0
+
+
+def summary(cfg, workdir: str, seconds: dict[str, float]) -> str:
+    """The evaluations side by side and the CapFilt report, from the stages' output files."""
+    lines = []
+    evals = {}
+    for stage in cfg.stages:
+        path = os.path.join(workdir, stage["name"], "eval_metrics.json")
+        if stage["command"] == "eval" and os.path.exists(path):
+            with open(path) as f:
+                evals[stage["name"]] = json.load(f)
+    if evals:
+        lines.append(f"{'':24s}" + "".join(f"{m:>20s}" for m in SUMMARY_METRICS))
+        for name, m in evals.items():
+            lines.append(f"{name:24s}" + "".join(f"{m[k]:20.3f}" if k in m else f"{'-':>20s}" for k in SUMMARY_METRICS))
+    for stage in cfg.stages:
+        path = os.path.join(workdir, stage["name"], "report.json")
+        if stage["command"] == "capfilt" and os.path.exists(path):
+            from blip_jax.capfilt.report import format_report
+
+            with open(path) as f:
+                lines += [f"CapFilt ({stage['name']}):", format_report(json.load(f))]
+    if seconds:
+        lines.append("stage seconds (this run): " + ", ".join(f"{k} {v:.0f}" for k, v in seconds.items()))
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="blip-jax pipeline", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--config", required=True, help="config file with config.stages, optionally with :arg")
+    parser.add_argument("--workdir", required=True, help="every stage runs in <workdir>/<stage>")
+    from blip_jax.config_loader import parse_job_args
+
+    args, cfg = parse_job_args(parser, argv)
+    if "stages" not in cfg or not cfg.stages:
+        parser.error(f"{args.config} has no config.stages")
+    return run_pipeline(cfg, args.workdir)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

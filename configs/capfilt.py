@@ -14,7 +14,12 @@ Salesforce .pth files with --config.captioner / --config.filter. Sampling is the
 <workdir>/bootstrapped.spec.json.
 """
 
-import ml_collections
+import os
+import sys
+
+sys.path.insert(0, os.path.dirname(__file__))
+
+from common import capfilt_base  # noqa: E402
 
 
 def get_config(arg: str = "/data/ar/web"):
@@ -22,22 +27,9 @@ def get_config(arg: str = "/data/ar/web"):
     if size not in ("", "base", "large"):
         raise ValueError(f"configs/capfilt.py: unknown argument {size!r} after the data folder; base or large")
     size = size or "base"
-    c = ml_collections.ConfigDict()
-    c.captioner = f"Salesforce/blip-image-captioning-{size}"
-    c.filter = f"Salesforce/blip-itm-{size}-coco"
-    c.tokenizer = ml_collections.ConfigDict(dict(path=""))  # "" = the captioner's tokenizer files
-    c.data = ml_collections.ConfigDict(dict(embedded=False, source=f"array_record:{root}/*.array_record",
-                                            image_root="", noise_labels=""))
-    c.dtype = ""  # "bfloat16" on accelerators
+    c = capfilt_base(f"Salesforce/blip-image-captioning-{size}", f"Salesforce/blip-itm-{size}-coco",
+                     dict(source=f"array_record:{root}/*.array_record"))
     c.image_size = 384
-    c.batch_size = 64
-    c.chunk_batches = 64  # resume granularity: 4096 records
+    c.chunk_batches = 64  # 4096 records
     c.num_threads = 8
-    c.log_every_chunks = 1
-    c.seed = 0
-    c.sampling = ml_collections.ConfigDict(dict(prompt="a picture of ", num_captions=1, top_p=0.9, top_k=50,
-                                                temperature=1.0, repetition_penalty=1.1, max_length=30, min_length=10))
-    c.filtering = ml_collections.ConfigDict(dict(threshold=0.5, max_words=30, max_len=35, filter_web=True,
-                                                 filter_synthetic=True))
-    c.output_format = "auto"
     return c

@@ -16,35 +16,24 @@ or ``:smoke,<W>``) shrinks the dataset for tests.
 """
 
 import os
+import sys
 
-import ml_collections
+sys.path.insert(0, os.path.dirname(__file__))
+
+from common import capfilt_base  # noqa: E402
 
 
 def get_config(arg: str = ""):
     first, _, rest = arg.partition(",")
     smoke = first == "smoke"
     pretrain_dir = (rest if smoke else arg) or "workdir/tiny"
-    c = ml_collections.ConfigDict()
-    c.captioner = os.path.join(pretrain_dir.rstrip("/") + "_caption", "export", "captioning")
-    c.filter = os.path.join(pretrain_dir.rstrip("/") + "_retrieval", "export", "retrieval")
-    c.tokenizer = ml_collections.ConfigDict(dict(path=""))  # "" = the embedded dataset's vocab.txt
-    c.data = ml_collections.ConfigDict(dict(
-        embedded=True, embedded_dir=os.path.join(pretrain_dir, "data"),
-        embedded_sizes=dict(num_web=2000, num_coco_train=400, num_coco_val=50, num_coco_test=50, image_size=96),
-        source="embedded:web", image_root="", noise_labels="embedded"))
-    c.dtype = ""
-    c.image_size = 0  # 0: the captioner's
-    c.batch_size = 64
-    c.chunk_batches = 8
-    c.num_threads = 4
-    c.log_every_chunks = 1
-    c.seed = 0
-    # BLIP's sampling, but min_length 5: the embedded captions are short ("a red circle at the top left").
-    c.sampling = ml_collections.ConfigDict(dict(prompt="a picture of ", num_captions=1, top_p=0.9, top_k=50,
-                                                temperature=1.0, repetition_penalty=1.1, max_length=30, min_length=5))
-    c.filtering = ml_collections.ConfigDict(dict(threshold=0.5, max_words=30, max_len=35, filter_web=True,
-                                                 filter_synthetic=True))
-    c.output_format = "auto"
+    c = capfilt_base(
+        os.path.join(pretrain_dir.rstrip("/") + "_caption", "export", "captioning"),
+        os.path.join(pretrain_dir.rstrip("/") + "_retrieval", "export", "retrieval"),
+        dict(embedded=True, embedded_dir=os.path.join(pretrain_dir, "data"), source="embedded:web",
+             noise_labels="embedded",
+             embedded_sizes=dict(num_web=2000, num_coco_train=400, num_coco_val=50, num_coco_test=50, image_size=96)))
+    c.sampling.min_length = 5  # BLIP's 10 is longer than the embedded captions ("a red circle at the top left")
     if smoke:
         c.data.embedded_sizes = dict(num_web=24, num_coco_train=4, num_coco_val=4, num_coco_test=4, image_size=32,
                                      vg_questions=2, questions_per_image=2)

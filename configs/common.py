@@ -60,3 +60,28 @@ def base_config() -> ml_collections.ConfigDict:
     c.log_every_steps = 50
     c.export_hf = True
     return c
+
+
+def capfilt_base(captioner: str, filter_: str, data: dict) -> ml_collections.ConfigDict:
+    """The fields of a `blip-jax capfilt` config; sampling and filtering default to the paper's
+    settings, taken from the dataclasses that read them (blip_jax.capfilt)."""
+    import dataclasses
+
+    from blip_jax.capfilt.bootstrap import FilterConfig
+    from blip_jax.capfilt.captioner import SamplingConfig
+
+    c = ml_collections.ConfigDict()
+    c.captioner, c.filter = captioner, filter_
+    c.tokenizer = ml_collections.ConfigDict(dict(path=""))  # "": the embedded vocabulary, else the captioner's files
+    c.data = ml_collections.ConfigDict(dict(dict(embedded=False, image_root="", noise_labels=""), **data))
+    c.dtype = ""  # "bfloat16" on accelerators
+    c.image_size = 0  # 0: the captioner's
+    c.batch_size = 64
+    c.chunk_batches = 8  # resume granularity: batch_size * chunk_batches records
+    c.num_threads = 4
+    c.log_every_chunks = 1
+    c.seed = 0
+    c.sampling = ml_collections.ConfigDict(dataclasses.asdict(SamplingConfig()))
+    c.filtering = ml_collections.ConfigDict(dataclasses.asdict(FilterConfig()))
+    c.output_format = "auto"  # blip_json for sources with image files, else array_record
+    return c

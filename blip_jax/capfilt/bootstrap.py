@@ -154,7 +154,7 @@ def _check_config(workdir: str, cfg_json: dict) -> None:
 
 @dataclasses.dataclass
 class CapfiltRun:
-    """Everything a run needs, already loaded (`run_capfilt` builds it from a config)."""
+    """Everything a run needs, already loaded (`build_run` makes one from a config)."""
 
     records: Sequence[dict]  # random-access source
     captioner: Captioner
@@ -309,7 +309,8 @@ def run_capfilt(run: CapfiltRun, workdir: str, cfg_json: dict | None = None,
     Returns the report on process 0 after a complete run, else None."""
     os.makedirs(workdir, exist_ok=True)
     if cfg_json is not None:
-        _check_config(workdir, cfg_json)
+        # The effective batch (rounded to the device count) fixes chunk boundaries and sampling keys.
+        _check_config(workdir, dict(cfg_json, effective_batch_size=run.batch_size))
     t0 = time.time()
     complete = process_chunks(run, workdir, max_chunks)
     if not complete:

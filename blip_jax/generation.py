@@ -211,10 +211,19 @@ def process_scores(
         if s.temperature != 1.0:
             scores = scores / jnp.float32(s.temperature)
         if s.top_k != 0:
-            k = min(max(s.top_k, min_tokens_to_keep), vocab)
-            kth = jax.lax.top_k(scores, k)[0][:, -1:]
-            scores = jnp.where(scores < kth, -jnp.inf, scores)
-        if s.top_p < 1.0:
+            # The k best scores, descending. Both filters work on these k and end in one cut on the
+            # vocabulary: sorting the vocabulary for top_p took 86 ms a step for 8 x 30524 scores on
+            # CPU. (Reduce the top_k output, never slice a column of it: XLA then lowers top_k to a
+            # full sort, 36 ms instead of 0.3.)
+            top = jax.lax.top_k(scores, min(max(s.top_k, min_tokens_to_keep), vocab))[0]
+            if s.top_p < 1.0:
+                # HF's nucleus rule (ascending order: drop tokens whose probability plus that of all
+                # lower ones is <= 1 - top_p) on the k survivors, whose softmax is the filtered one.
+                tail = jnp.cumsum(jax.nn.softmax(top, axis=-1)[:, ::-1], axis=-1)[:, ::-1]
+                drop = (tail <= 1.0 - s.top_p).at[:, :min_tokens_to_keep].set(False)
+                top = jnp.where(drop, jnp.inf, top)
+            scores = jnp.where(scores < jnp.min(top, axis=-1, keepdims=True), -jnp.inf, scores)
+        elif s.top_p < 1.0:
             order = jnp.argsort(scores, axis=-1)  # ascending, as HF's nucleus filter
             sorted_scores = jnp.take_along_axis(scores, order, axis=-1)
             cum = jnp.cumsum(jax.nn.softmax(sorted_scores, axis=-1), axis=-1)
@@ -224,6 +233,16 @@ def process_scores(
             remove = jnp.zeros_like(remove).at[rows, order].set(remove)
             scores = jnp.where(remove, -jnp.inf, scores)
     return scores
+
+
+def _sample(scores: jax.Array, key: jax.Array, s: GenerationSettings) -> jax.Array:
+    """One token per row from softmax(scores) (N, V) -> (N,) int. With top_k only the k best can
+    have probability, so the Gumbel noise is drawn for those k, not for the whole vocabulary."""
+    if s.top_k == 0:
+        return jax.random.categorical(key, scores, axis=-1)
+    vals, idx = jax.lax.top_k(scores, min(s.top_k, scores.shape[-1]))
+    pick = jax.random.categorical(key, vals, axis=-1)
+    return jnp.take_along_axis(idx, pick[:, None], axis=-1)[:, 0]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -300,7 +319,7 @@ def _greedy_or_sample(step, cache, ids, ignore, rng, s: GenerationSettings):
         logits, cache = step(cache, last, cur_len - 1)
         scores = process_scores(logits, seqs, cur_len, ignore, s)
         if s.do_sample:
-            tok = jax.random.categorical(jax.random.fold_in(rng, cur_len), scores, axis=-1)
+            tok = _sample(scores, jax.random.fold_in(rng, cur_len), s)
         else:
             tok = jnp.argmax(scores, axis=-1)
         tok = jnp.where(unfinished, tok.astype(jnp.int32), s.pad_token_id)

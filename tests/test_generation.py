@@ -206,6 +206,47 @@ def test_sampling(caption_models):
         ours.generate(pixels, do_sample=True)
 
 
+@pytest.mark.parametrize("top_k,top_p,temperature,keep", [(50, 0.9, 1.0, 1), (50, 1.0, 1.0, 1), (0, 0.9, 1.0, 1),
+                                                         (20, 0.5, 0.7, 1), (5, 0.3, 1.3, 2), (3000, 0.95, 1.0, 1)])
+def test_sampling_filters_match_hf_warpers(top_k, top_p, temperature, keep):
+    """Which tokens stay samplable: our top-k + nucleus filters (a cut on the top k, no vocabulary
+    sort) against transformers' TemperatureLogitsWarper -> TopKLogitsWarper -> TopPLogitsWarper."""
+    from transformers.generation import logits_process as lp
+
+    rng = np.random.default_rng(top_k + int(100 * top_p))
+    scores = rng.normal(scale=3.0, size=(16, 30524)).astype(np.float32)
+    scores[:4] = rng.standard_t(2, size=(4, 30524)) * 4  # heavy tails: a few tokens hold most of the mass
+    s = generation.GenerationSettings(max_length=8, prompt_length=1, do_sample=True, top_k=top_k, top_p=top_p,
+                                      temperature=temperature)
+    ours = np.asarray(generation.process_scores(jax.numpy.asarray(scores), jax.numpy.zeros((16, 8), jax.numpy.int32),
+                                                1, jax.numpy.zeros((16,), jax.numpy.int32), s, min_tokens_to_keep=keep))
+    t = torch.from_numpy(scores)
+    warpers = [lp.TemperatureLogitsWarper(temperature)]
+    if top_k:
+        warpers.append(lp.TopKLogitsWarper(top_k, min_tokens_to_keep=keep))
+    if top_p < 1.0:
+        warpers.append(lp.TopPLogitsWarper(top_p, min_tokens_to_keep=keep))
+    for w in warpers:
+        t = w(None, t)
+    hf = t.numpy()
+    np.testing.assert_array_equal(np.isfinite(ours), np.isfinite(hf))
+    np.testing.assert_allclose(ours[np.isfinite(ours)], hf[np.isfinite(hf)], rtol=1e-6)
+    kept = np.isfinite(hf).sum(1)
+    assert kept.min() >= keep and (top_p == 1.0 or kept.min() < max(top_k, keep) or top_k == 0)
+
+
+def test_sampling_draws_follow_the_filtered_distribution():
+    """`_sample` with top_k draws among the k best only, with softmax frequencies."""
+    scores = np.full((1, 1000), -np.inf, np.float32)
+    scores[0, [3, 500, 999]] = np.log([0.2, 0.5, 0.3])
+    s = generation.GenerationSettings(max_length=8, prompt_length=1, do_sample=True, top_k=50)
+    keys = jax.random.split(jax.random.key(0), 4000)
+    draws = np.asarray(jax.vmap(lambda k: generation._sample(jax.numpy.asarray(scores), k, s))(keys))[:, 0]
+    freq = {t: float((draws == t).mean()) for t in (3, 500, 999)}
+    assert set(np.unique(draws)) == {3, 500, 999}
+    np.testing.assert_allclose([freq[3], freq[500], freq[999]], [0.2, 0.5, 0.3], atol=0.03)
+
+
 def test_beam_sampling_runs(caption_models):
     _, ours = caption_models
     out = np.asarray(ours.generate(_pixels(7), rng=jax.random.key(0), do_sample=True, num_beams=3,

@@ -3,7 +3,7 @@
 # order given; each writes its results to $OUT (default ./gpu_out), and one failing part does
 # not stop the rest.
 #   bash benchmarks/gpu_session.sh attention gen gen_stable train pretrain pretrain_stable pretrain_fresh \
-#     pretrain_nocb train_b192 train_b384 numerics
+#     pretrain_nocb train_b192 train_b384 numerics capfilt
 set -u
 OUT=$(mkdir -p "${OUT:-gpu_out}" && cd "${OUT:-gpu_out}" && pwd)
 export PYTHONUNBUFFERED=1 PYTHONPATH="$PWD:$PWD/benchmarks:${PYTHONPATH:-}"
@@ -38,6 +38,8 @@ for part in "$@"; do
     gen_cmdbuf) XLA_FLAGS="--xla_gpu_enable_command_buffer=+WHILE,+CONDITIONAL" \
                   timeout 55 "${gen[@]}" --skip-hf --json "$OUT/gen_bf16_cmdbuf.json" ;;
     numerics) timeout 120 python3 benchmarks/gpu_numerics.py --json "$OUT/numerics.json" ;;
+    capfilt) timeout 150 python3 benchmarks/capfilt_throughput.py --batch 64 --dtype bfloat16 \
+               --json "$OUT/capfilt_bf16_b64.json" ;;
     *) echo "unknown part $part" ;;
   esac
 done

@@ -189,6 +189,37 @@ def _seen_tokens(seqs: jax.Array, cur_len: jax.Array, ignore: jax.Array, vocab: 
     return jnp.zeros((seqs.shape[0], vocab + 1), bool).at[rows, ids].set(True)[:, :vocab]
 
 
+def _nucleus(scores: jax.Array, top_p: float, min_tokens_to_keep: int) -> jax.Array:
+    """HF's nucleus filter over the whole vocabulary without sorting it: (N, V) -> (N, V).
+
+    HF drops a token when its probability plus that of every lower-scored token is <= 1 - top_p,
+    which keeps exactly the tokens scoring at or above one cut. The cut is found by bisection on
+    the scores' order-preserving uint32 keys: 32 masked sums over the vocabulary instead of a sort
+    (8 x 30524 scores on CPU: 59-86 ms a step for the sort)."""
+    probs = jax.nn.softmax(scores, axis=-1)
+    key = _order_key(scores)
+    limit = jnp.float32(1.0 - top_p)
+
+    def halve(_, bounds):  # the smallest key whose mass at or below it exceeds limit lies in [lo, hi]
+        lo, hi = bounds
+        mid = lo + (hi - lo) // 2
+        above = jnp.sum(jnp.where(key <= mid, probs, 0.0), axis=-1, keepdims=True) > limit
+        return jnp.where(above, lo, mid + 1), jnp.where(above, mid, hi)
+
+    n = scores.shape[0]
+    bounds = (jnp.zeros((n, 1), jnp.uint32), jnp.full((n, 1), 0xFFFFFFFF, jnp.uint32))
+    cut, _ = jax.lax.fori_loop(0, 32, halve, bounds)
+    # The best min_tokens_to_keep always stay (top_k reduced, not sliced: a sliced top_k is a sort).
+    keep = _order_key(jnp.min(jax.lax.top_k(scores, min_tokens_to_keep)[0], axis=-1, keepdims=True))
+    return jnp.where(key < jnp.minimum(cut, keep), -jnp.inf, scores)
+
+
+def _order_key(x: jax.Array) -> jax.Array:
+    """float32 -> uint32 with the same order (negatives' bits flipped, positives' sign bit set)."""
+    bits = jax.lax.bitcast_convert_type(x.astype(jnp.float32), jnp.uint32)
+    return jnp.where((bits >> 31) == 1, ~bits, bits | jnp.uint32(0x80000000))
+
+
 def process_scores(
     scores: jax.Array, seqs: jax.Array, cur_len: jax.Array, ignore: jax.Array, s: GenerationSettings,
     min_tokens_to_keep: int = 1,
@@ -224,14 +255,7 @@ def process_scores(
                 top = jnp.where(drop, jnp.inf, top)
             scores = jnp.where(scores < jnp.min(top, axis=-1, keepdims=True), -jnp.inf, scores)
         elif s.top_p < 1.0:
-            order = jnp.argsort(scores, axis=-1)  # ascending, as HF's nucleus filter
-            sorted_scores = jnp.take_along_axis(scores, order, axis=-1)
-            cum = jnp.cumsum(jax.nn.softmax(sorted_scores, axis=-1), axis=-1)
-            remove = cum <= 1.0 - s.top_p
-            remove = remove.at[:, vocab - min_tokens_to_keep:].set(False)
-            rows = jnp.arange(scores.shape[0])[:, None]
-            remove = jnp.zeros_like(remove).at[rows, order].set(remove)
-            scores = jnp.where(remove, -jnp.inf, scores)
+            scores = _nucleus(scores, s.top_p, min_tokens_to_keep)
     return scores
 
 

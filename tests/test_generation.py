@@ -207,10 +207,12 @@ def test_sampling(caption_models):
 
 
 @pytest.mark.parametrize("top_k,top_p,temperature,keep", [(50, 0.9, 1.0, 1), (50, 1.0, 1.0, 1), (0, 0.9, 1.0, 1),
-                                                         (20, 0.5, 0.7, 1), (5, 0.3, 1.3, 2), (3000, 0.95, 1.0, 1)])
+                                                         (20, 0.5, 0.7, 1), (5, 0.3, 1.3, 2), (3000, 0.95, 1.0, 1),
+                                                         (0, 0.05, 1.0, 2), (0, 0.99, 0.8, 1), (0, 1e-6, 1.0, 1)])
 def test_sampling_filters_match_hf_warpers(top_k, top_p, temperature, keep):
-    """Which tokens stay samplable: our top-k + nucleus filters (a cut on the top k, no vocabulary
-    sort) against transformers' TemperatureLogitsWarper -> TopKLogitsWarper -> TopPLogitsWarper."""
+    """Which tokens stay samplable: our top-k + nucleus filters (a cut on the top k; without top_k a
+    bisection for the cut; no vocabulary sort either way) against transformers'
+    TemperatureLogitsWarper -> TopKLogitsWarper -> TopPLogitsWarper."""
     from transformers.generation import logits_process as lp
 
     rng = np.random.default_rng(top_k + int(100 * top_p))

@@ -2,7 +2,8 @@
 
 Base-size BLIP (ViT-B/16 at 384 px, BERT-base decoder: hidden 768, 12 layers, 12 heads, vocab 30524)
 with random weights, shared by both implementations (transformers' random init copied into ours),
-batch 8, exactly ``--new-tokens`` new tokens (min_length = max_length), greedy and beam search.
+batch 8, exactly ``--new-tokens`` new tokens (min_length = max_length), greedy, beam search and
+(``--modes sample``) CapFilt's nucleus sampling.
 Reports captions/s of each and their ratio (ours / HF), our compile time (tracing + XLA compile of
 the first call, from jax.monitoring; excluded from the timed runs, both sides are warmed up first),
 whether the token ids agree, and the vision encoder's achieved FLOP/s (analytic FLOPs) as a fraction
@@ -37,7 +38,8 @@ def parse_args(argv=None):
     p.add_argument("--skip-hf", action="store_true", help="time only blip_jax")
     p.add_argument("--new-tokens", type=int, default=20)
     p.add_argument("--num-beams", type=int, default=3)
-    p.add_argument("--modes", default="greedy,beam", help="comma list of greedy, beam")
+    p.add_argument("--modes", default="greedy,beam", help="comma list of greedy, beam, sample (top_p 0.9, "
+                   "top_k 50, repetition penalty 1.1: CapFilt's captioner; ids differ, the RNGs do)")
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--image-size", type=int, default=384)
     p.add_argument("--vision-layers", type=int, default=12, help="fewer layers for a quick run on a slow CPU")
@@ -139,9 +141,13 @@ def main(argv=None):
     for mode in [m.strip() for m in args.modes.split(",") if m.strip()]:
         beams = args.num_beams if mode == "beam" else 1
         kw = dict(max_length=total, min_length=total, num_beams=beams)
+        ours_kw = {}
+        if mode == "sample":  # CapFilt's nucleus sampling; HF's default top_k=50 applies to both
+            kw.update(do_sample=True, top_p=0.9, top_k=50, repetition_penalty=1.1)
+            ours_kw = dict(rng=jax.random.key(0))
 
-        def run_ours(kw=kw):
-            return np.asarray(ours.generate(pixels_jax, **kw))
+        def run_ours(kw=kw, ours_kw=ours_kw):
+            return np.asarray(ours.generate(pixels_jax, **kw, **ours_kw))
 
         compile_seconds[0] = 0.0
         t = time.perf_counter()

@@ -6,7 +6,9 @@ The config lists stages; each is one `blip-jax` command (train, capfilt, eval) r
 A stage that finishes leaves ``W/<stage>/STAGE_DONE`` (its command line); rerunning the pipeline
 skips those and resumes the interrupted one (each command resumes on its own), and stops with exit
 code 2 if a finished stage's command line has changed. A failing stage stops the pipeline with
-its exit code. At the end a summary compares the evaluations and shows the CapFilt report.
+its exit code. SIGTERM / SIGINT (a scheduler's warning) reach a running train stage, which saves
+and returns; the pipeline then stops without marking that stage done and exits 0, like `train`.
+At the end a summary compares the evaluations and shows the CapFilt report.
 """
 
 from __future__ import annotations
@@ -35,9 +37,16 @@ def stage_argv(stage, workdir: str) -> list[str]:
 
 
 def run_pipeline(cfg, workdir: str) -> int:
-    from blip_jax.cli import main as blip_jax
+    from blip_jax.train.preemption import PreemptionHandler
 
     os.makedirs(workdir, exist_ok=True)
+    with PreemptionHandler() as stop:
+        return _run_stages(cfg, workdir, stop)
+
+
+def _run_stages(cfg, workdir: str, stop) -> int:
+    from blip_jax.cli import main as blip_jax
+
     seconds = {}
     for stage in cfg.stages:
         name = stage["name"]
@@ -60,6 +69,10 @@ def run_pipeline(cfg, workdir: str) -> int:
             print(f"blip-jax pipeline: stage {name!r} failed with exit code {code}; rerunning the same command "
                   "resumes from it", file=sys.stderr)
             return code
+        if stop.stop_requested:  # a train stage saved and returned early; the others may have finished
+            print(f"blip-jax pipeline: stopped ({stop.reason}) during stage {name!r}, which is not marked done; "
+                  "rerunning the same command resumes from it", file=sys.stderr)
+            return 0
         seconds[name] = time.time() - t0
         with open(done, "w") as f:
             json.dump({"argv": argv, "seconds": round(seconds[name], 1)}, f)

@@ -98,6 +98,15 @@ def test_sigterm_sets_flag_and_handlers_are_restored():
     assert signal.getsignal(signal.SIGTERM) is before
 
 
+def test_an_outer_handler_hears_the_inner_ones_signal():
+    """`blip-jax pipeline` holds a handler around a train stage's own: both must see a SIGTERM."""
+    with PreemptionHandler() as outer:
+        with PreemptionHandler() as inner:
+            signal.raise_signal(signal.SIGTERM)
+            assert inner.stop_requested
+        assert outer.stop_requested and outer.reason == "received SIGTERM"
+
+
 def test_second_sigint_interrupts_at_once():
     with PreemptionHandler() as handler:
         signal.raise_signal(signal.SIGINT)

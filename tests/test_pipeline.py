@@ -46,3 +46,36 @@ def test_smoke_pipeline_runs_every_stage_and_resumes(tmp_path, capsys):
     assert blip_jax(["pipeline", "--config", f"{CONFIG}:smoke,threshold=0.3", "--workdir", str(work)]) == 2
     err = capsys.readouterr().err
     assert "stage 'capfilt'" in err and "--config.filtering.threshold=0.3" in err
+
+
+def test_a_stage_stopped_by_sigterm_is_not_marked_done(tmp_path, monkeypatch, capsys):
+    """A train stage that saves and returns 0 on SIGTERM must run again on the rerun (its own
+    PreemptionHandler catches the signal; the pipeline's, around it, hears it too)."""
+    import signal
+
+    import ml_collections
+
+    from blip_jax import cli, pipeline
+    from blip_jax.train.preemption import PreemptionHandler
+
+    ran = []
+
+    def fake_blip_jax(argv, interrupt=True):
+        name = os.path.basename(argv[-1])
+        ran.append(name)
+        if name == "b" and interrupt:
+            with PreemptionHandler():  # as the train loop does
+                signal.raise_signal(signal.SIGTERM)
+        os.makedirs(argv[-1], exist_ok=True)
+        return 0
+
+    cfg = ml_collections.ConfigDict(dict(stages=[dict(name=n, command="train", args=["--config", "x.py"])
+                                                 for n in ("a", "b", "c")]))
+    monkeypatch.setattr(cli, "main", fake_blip_jax)
+    assert pipeline.run_pipeline(cfg, str(tmp_path)) == 0
+    assert ran == ["a", "b"]
+    assert (tmp_path / "a" / pipeline.DONE).exists() and not (tmp_path / "b" / pipeline.DONE).exists()
+    assert "stopped (received SIGTERM) during stage 'b'" in capsys.readouterr().err
+    monkeypatch.setattr(cli, "main", lambda argv: fake_blip_jax(argv, interrupt=False))
+    assert pipeline.run_pipeline(cfg, str(tmp_path)) == 0
+    assert ran == ["a", "b", "b", "c"] and all((tmp_path / n / pipeline.DONE).exists() for n in "abc")

@@ -73,6 +73,10 @@ class PreemptionHandler:
             raise KeyboardInterrupt(f"second {name}: stopping immediately")
         # Signal handlers run between bytecodes of the main thread: set a flag, nothing else.
         self.request_stop(f"received {name}")
+        # A handler installed around this one (`blip-jax pipeline` around a train stage) hears it too.
+        outer = getattr(self._previous.get(signum), "__self__", None)
+        if isinstance(outer, PreemptionHandler):
+            outer.request_stop(f"received {name}")
 
     # ---- the flag ------------------------------------------------------------------------
 

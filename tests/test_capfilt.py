@@ -325,3 +325,25 @@ def test_two_processes_on_localhost(world, tmp_path):
                                    [t["p_match"] or 0 for t in b.get("web", [])], atol=1e-5)
     report = json.loads((work / "report.json").read_text())
     assert report["records"] == 18 and sum(report["records_skipped"].values()) == 4
+
+
+def test_a_stop_request_finishes_the_chunk_in_progress(world, tmp_path):
+    """SIGTERM (here the handler's flag, set while the first chunk is captioned): the chunk is
+    finished and written, the run returns without merging, and the rerun completes."""
+    from blip_jax.train.preemption import PreemptionHandler
+
+    run = bootstrap.build_run(_config(world), str(tmp_path))
+    stop = PreemptionHandler()
+    captioner = run.captioner
+
+    def captioning_then_signal(pixels, key):
+        stop.request_stop("received SIGTERM")
+        return captioner(pixels, key)
+
+    run.captioner = captioning_then_signal
+    assert bootstrap.run_capfilt(run, str(tmp_path), stop=stop) is None
+    assert [f.name for f in (tmp_path / "parts").glob("*.meta.json")] == ["p00000-of-00001-c0000000.meta.json"]
+    assert not (tmp_path / "decisions.jsonl").exists()
+    run.captioner = captioner
+    report = bootstrap.run_capfilt(run, str(tmp_path), stop=PreemptionHandler())
+    assert report["records"] == 18 and len(list((tmp_path / "parts").glob("*.meta.json"))) == 3

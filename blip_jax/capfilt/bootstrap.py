@@ -192,9 +192,10 @@ def decide_batch(run: CapfiltRun, batch: dict, key: jax.Array) -> list[dict]:
     return rows
 
 
-def process_chunks(run: CapfiltRun, workdir: str, max_chunks: int | None = None) -> bool:
+def process_chunks(run: CapfiltRun, workdir: str, max_chunks: int | None = None, stop=None) -> bool:
     """This process's share, chunk by chunk, skipping finished chunks. Returns True when every
-    chunk of the share is done (False when `max_chunks` stopped it early)."""
+    chunk of the share is done, False when `max_chunks` new chunks are done or `stop` (a
+    PreemptionHandler: SIGTERM / SIGINT) asks to stop; a chunk in progress is finished first."""
     from blip_jax.data import pipelines as pl
 
     process, processes = jax.process_index(), jax.process_count()
@@ -209,7 +210,7 @@ def process_chunks(run: CapfiltRun, workdir: str, max_chunks: int | None = None)
         name = os.path.join(parts, _part_name(process, processes, chunk))
         if os.path.exists(name + ".meta.json"):
             continue
-        if max_chunks is not None and done_now >= max_chunks:
+        if (max_chunks is not None and done_now >= max_chunks) or (stop is not None and stop.stop_requested):
             return False
         t0 = time.time()
         positions = share[chunk * per_chunk:(chunk + 1) * per_chunk]
@@ -304,17 +305,19 @@ def merge_outputs(run: CapfiltRun, workdir: str) -> dict:
 
 
 def run_capfilt(run: CapfiltRun, workdir: str, cfg_json: dict | None = None,
-                max_chunks: int | None = None) -> dict | None:
+                max_chunks: int | None = None, stop=None) -> dict | None:
     """Process this process's share (resuming), then (process 0, once all are done) merge.
-    Returns the report on process 0 after a complete run, else None."""
+    Returns the report on process 0 after a complete run, else None. `stop`: see process_chunks
+    (each process stops on its own signal; schedulers signal every process)."""
     os.makedirs(workdir, exist_ok=True)
     if cfg_json is not None:
         # The effective batch (rounded to the device count) fixes chunk boundaries and sampling keys.
         _check_config(workdir, dict(cfg_json, effective_batch_size=run.batch_size))
     t0 = time.time()
-    complete = process_chunks(run, workdir, max_chunks)
+    complete = process_chunks(run, workdir, max_chunks, stop)
     if not complete:
-        log.info("stopped after %d chunk(s) as asked; rerun the same command to go on", max_chunks)
+        why = stop.reason if stop is not None and stop.stop_requested else f"--max-chunks {max_chunks}"
+        log.warning("stopped (%s) after the last finished chunk; rerun the same command to go on", why)
         return None
     if jax.process_count() > 1:
         from jax.experimental import multihost_utils

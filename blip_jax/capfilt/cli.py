@@ -3,7 +3,7 @@
 Captions every image of ``config.data.source`` with the captioner, scores web and synthetic texts
 with the filter, and writes the bootstrapped dataset, decisions.jsonl and report.json to --workdir
 (`blip_jax.capfilt.bootstrap`). Rerunning the same command resumes; a changed config exits with
-code 2 naming the changed fields.
+code 2 naming the changed fields. SIGTERM / SIGINT finish the chunk in progress and exit 0.
 """
 
 from __future__ import annotations
@@ -27,11 +27,14 @@ def main(argv: list[str] | None = None) -> int:
     from blip_jax.capfilt.report import format_report
     from blip_jax.train.checkpointing import config_to_json
     from blip_jax.train.distributed import maybe_initialize_distributed
+    from blip_jax.train.preemption import PreemptionHandler
 
     maybe_initialize_distributed()
     try:
         run = build_run(cfg, args.workdir)
-        report = run_capfilt(run, args.workdir, cfg_json=config_to_json(cfg), max_chunks=args.max_chunks)
+        with PreemptionHandler() as stop:  # after jax.distributed, whose own SIGTERM notifier it replaces
+            report = run_capfilt(run, args.workdir, cfg_json=config_to_json(cfg), max_chunks=args.max_chunks,
+                                 stop=stop)
     except CapfiltResumeMismatch as e:
         print(f"blip-jax capfilt: {e}", file=sys.stderr)
         return 2

@@ -161,6 +161,15 @@ _WORKER = textwrap.dedent(
 )
 
 
+def _tagged_json(text: str, tag: str) -> dict:
+    """The JSON object printed after ``tag``: Gloo's C++ logging writes to the same stdout without
+    a newline of its own ("...}[Gloo] Rank 0 is connected to 1 peer ranks"), so read the object
+    itself, not the rest of the line."""
+    start = text.index(tag + " ") + len(tag) + 1
+    obj, _ = json.JSONDecoder().raw_decode(text, start)
+    return obj
+
+
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -202,8 +211,7 @@ def test_two_processes_on_localhost_agree(tmp_path):
     results = []
     for rc, out, err in outputs:
         assert rc == 0, out[-2000:] + err[-4000:]
-        line = next(x for x in out.splitlines() if x.startswith("RESULT "))
-        results.append(json.loads(line[len("RESULT ") :]))
+        results.append(_tagged_json(out, "RESULT"))
     assert sorted(r["pid"] for r in results) == [0, 1]
     for r in results:
         assert r["multi"] and r["again"] and r["count"] == 2 and r["devices"] == 2
@@ -246,8 +254,6 @@ def test_local_multiprocess_launcher(tmp_path):
     out = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=90, cwd=tmp_path)
     assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-4000:]
     # Process 0 prints to the terminal; process 1 only to its log file.
-    line0 = next(x for x in out.stdout.splitlines() if x.startswith("FAKE "))
-    assert json.loads(line0[5:]) == {"pid": 0, "ids": [0, 1], "local": 2}
+    assert _tagged_json(out.stdout, "FAKE") == {"pid": 0, "ids": [0, 1], "local": 2}
     log1 = (tmp_path / "logs" / "process_1.log").read_text()
-    line1 = next(x for x in log1.splitlines() if x.startswith("FAKE "))
-    assert json.loads(line1[5:]) == {"pid": 1, "ids": [0, 1], "local": 2}
+    assert _tagged_json(log1, "FAKE") == {"pid": 1, "ids": [0, 1], "local": 2}

@@ -122,10 +122,15 @@ def _part_name(process: int, processes: int, chunk: int) -> str:
     return f"p{process:05d}-of-{processes:05d}-c{chunk:07d}"
 
 
-def _write_atomic(path: str, text: str) -> None:
+def _write_atomic(path: str, text: str | Iterator[str]) -> None:
+    """`text` (or the strings an iterator yields, streamed) into `path`, which appears whole or not
+    at all: written under a temporary name, then renamed."""
     tmp = path + ".tmp"
     with open(tmp, "w", encoding="utf-8") as f:
-        f.write(text)
+        if isinstance(text, str):
+            f.write(text)
+        else:
+            f.writelines(text)
     os.replace(tmp, path)
 
 
@@ -231,7 +236,7 @@ def process_chunks(run: CapfiltRun, workdir: str, max_chunks: int | None = None,
                 rec = run.records[pos]
                 key_ = rec.get("image_key", "") if "captions" in rec else rec.get("where", "")
                 rows[pos] = {"index": int(pos), "image_key": key_, "image": rec.get("image_path"), "skipped": True}
-        _write_atomic(name + ".jsonl", "".join(json.dumps(rows[i], ensure_ascii=False) + "\n" for i in sorted(rows)))
+        _write_atomic(name + ".jsonl", (json.dumps(rows[i], ensure_ascii=False) + "\n" for i in sorted(rows)))
         meta = {"chunk": chunk, "records": len(positions), "skips": skips, "seconds": round(time.time() - t0, 3)}
         _write_atomic(name + ".meta.json", json.dumps(meta))
         done_now += 1
@@ -273,10 +278,8 @@ def merge_outputs(run: CapfiltRun, workdir: str) -> dict:
     if fmt not in ("blip_json", "array_record"):
         raise ValueError(f"output_format must be auto, blip_json or array_record, got {run.output_format!r}")
 
-    with open(os.path.join(workdir, "decisions.jsonl.tmp"), "w", encoding="utf-8") as f:
-        for row in merged():
-            f.write(json.dumps(row, ensure_ascii=False) + "\n")
-    os.replace(os.path.join(workdir, "decisions.jsonl.tmp"), os.path.join(workdir, "decisions.jsonl"))
+    _write_atomic(os.path.join(workdir, "decisions.jsonl"),
+                  (json.dumps(row, ensure_ascii=False) + "\n" for row in merged()))
 
     kept_rows = (r for r in merged() if not r.get("skipped") and kept_texts(r))
     if fmt == "blip_json":

@@ -75,7 +75,7 @@ def test_caption_command(tmp_path, capsys, monkeypatch, source):
 
 @pytest.mark.parametrize("command,config", [("train", "configs/pretrain_tiny.py:smok"),
                                             ("eval", "configs/eval_tiny.py:smoke,x"),
-                                            ("capfilt", "configs/capfilt.py:/data/ar/web,huge")])
+                                            ("capfilt", "configs/capfilt.py:/data/pretrain/web,huge")])
 def test_a_mistyped_config_argument_stops_the_job(tmp_path, capsys, command, config):
     """A typo after the colon must not silently run the full-size default config."""
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

@@ -2,6 +2,7 @@
 
 import io
 import json
+import os
 import sys
 import tarfile
 import types
@@ -11,6 +12,7 @@ import pytest
 from PIL import Image
 
 from blip_jax.data import annotations as ann
+from blip_jax.data import sources
 from blip_jax.data.convert import write_array_record
 from blip_jax.data.records import (
     SKIP_KEY,
@@ -20,7 +22,13 @@ from blip_jax.data.records import (
     make_record,
     serialize_record,
 )
-from blip_jax.data.sources import ArrayRecordRecords, TfdsRecords, WebDatasetIterDataset, tfds_example_to_record
+from blip_jax.data.sources import (
+    ArrayRecordRecords,
+    TfdsRecords,
+    WebDatasetIterDataset,
+    WebDatasetRecords,
+    tfds_example_to_record,
+)
 
 
 def _jpeg(color=(255, 0, 0), size=(12, 10)) -> bytes:
@@ -185,6 +193,68 @@ def test_webdataset_state_restore(tmp_path):
     # epochs reshuffle shard order deterministically
     keys = [r["image_key"] for r in ds]
     assert sorted(keys[:12]) == sorted(keys[12:]) and keys[:12] != keys[12:]
+
+
+def _same_record(a, b):
+    """Equal but for `index` and `image_id` (a shard position in the stream, a global one by index)."""
+    drop = ("index", "image_id", "detail", "where")
+    return {k: v for k, v in a.items() if k not in drop} == {k: v for k, v in b.items() if k not in drop}
+
+
+def test_webdataset_records_by_index_equal_the_stream(tmp_path):
+    shards = _web_shards(tmp_path, 3, 4)
+    long_key = "deep/" + "k" * 140  # past ustar's 100 characters: an extended header before the member
+    bad = _shard(tmp_path / "z-bad.tar", [("k1.jpg", _jpeg()), ("k1.json", b"{not json"), ("k2.txt", b"no image"),
+                                         (f"{long_key}.jpg", _jpeg((0, 0, 255))), (f"{long_key}.txt", b"long")])
+    stream = list(WebDatasetIterDataset(shards + [bad], shuffle_shards=False))
+    recs = WebDatasetRecords(shards + [bad], source="web")
+    assert len(recs) == len(stream) == 15 and not recs.skips
+    assert all(_same_record(recs[i], s) for i, s in enumerate(stream))
+    assert recs[5]["index"] == recs[5]["image_id"] == 5 and recs[5]["captions"] == ["caption 01001"]
+    assert recs[14]["captions"] == ["long"] and recs[14]["image"] == _jpeg((0, 0, 255))
+    assert [recs[i].get(SKIP_KEY) for i in (12, 13)] == ["bad_json", "missing_image"]
+    with pytest.raises(IndexError):
+        recs[15]
+    # The shard changed under a built index: that sample is a counted skip, not an exception.
+    data = open(shards[0], "rb").read()
+    with open(shards[0], "wb") as f:
+        f.write(b"\x01" * len(data))
+    assert recs[0].get(SKIP_KEY) == "bad_record"
+
+
+def test_webdataset_records_of_truncated_shards(tmp_path):
+    """Cut anywhere, a shard keeps the samples the stream reads from it and counts itself broken
+    unless the cut only took end-of-archive padding."""
+    good = _web_shards(tmp_path, 1, 3)[0]
+    data = open(good, "rb").read()
+    with tarfile.open(good) as tar:
+        last = tar.getmembers()[-1]
+    end_marker = last.offset_data + -(-last.size // 512) * 512  # the first zero block
+    trunc = tmp_path / "trunc.tar"
+    for cut in [0, 100, *range(512, len(data), 333), end_marker, end_marker + 512]:
+        trunc.write_bytes(data[:cut])
+        stream = [r for r in WebDatasetIterDataset(str(trunc)) if r.get("detail", "").find("unreadable tar") < 0]
+        recs = WebDatasetRecords(str(trunc))
+        assert len(recs) == len(stream), cut
+        assert all(_same_record(recs[i], s) for i, s in enumerate(stream)), cut
+        assert recs.skips == ({} if cut >= end_marker + 512 else {"truncated_shard": 1}), cut
+        assert recs.truncated_shards == ([] if cut >= end_marker + 512 else [str(trunc)])
+
+
+def test_webdataset_index_cache(tmp_path, monkeypatch):
+    shards = _web_shards(tmp_path, 2, 3)
+    index_dir = tmp_path / "index"
+    first = WebDatasetRecords(shards, index_dir=str(index_dir), first_share=(1, 2))
+    assert len(list(index_dir.glob("*.json"))) == 2
+    scanned = []
+    real = sources.index_tar_shard
+    monkeypatch.setattr(sources, "index_tar_shard", lambda p: scanned.append(p) or real(p))
+    again = WebDatasetRecords(shards, index_dir=str(index_dir))
+    assert scanned == [] and [again[i]["image_key"] for i in range(6)] == [first[i]["image_key"] for i in range(6)]
+    _shard(tmp_path / "s-1.tar", [("new.jpg", _jpeg()), ("new.txt", b"replaced")])  # a new file: rescanned
+    changed = WebDatasetRecords(shards, index_dir=str(index_dir))
+    assert [os.path.basename(p) for p in scanned] == ["s-1.tar"] and len(changed) == 4
+    assert changed[3]["captions"] == ["replaced"]
 
 
 # ------------------------------------------------------------------------------------------ ArrayRecord

@@ -13,13 +13,16 @@ process 0 merges the parts into:
                           with p(match) and keep, or {"skipped": true} for an unreadable image
     bootstrapped.json     BLIP pretraining list [{"image": path, "caption": [kept texts]}]
                           (sources with image files), or bootstrapped-*.array_record (+ meta) with
-                          the images' bytes (output_format "array_record"; needed for ArrayRecord
-                          and tfds sources)
+                          the images' bytes (output_format "array_record"; needed for ArrayRecord,
+                          webdataset and tfds sources)
     bootstrapped.spec.json  the DatasetSpec of that output, for a pretraining config's mixture
     report.json           `report.summarize`
 
-A rerun with a changed config stops (`CapfiltResumeMismatch`, exit code 2) naming the fields,
-since its parts would mix two settings.
+Any random-access source serves; webdataset (img2dataset) tar shards are read in place by index,
+after a scan of each shard's headers that is cached in ``<workdir>/tar_index``.
+
+A rerun with a changed config, or over a source whose record count changed, stops
+(`CapfiltResumeMismatch`, exit code 2) naming the fields, since its parts would mix two settings.
 """
 
 from __future__ import annotations
@@ -173,6 +176,7 @@ class CapfiltRun:
     noise_labels: str = ""  # web_noise.json-style file ("" = none)
     output_format: str = "auto"  # auto | blip_json | array_record
     log_every_chunks: int = 1
+    source_skips: dict = dataclasses.field(default_factory=dict)  # lost while opening the source, by reason
 
 
 def decide_batch(run: CapfiltRun, batch: dict, key: jax.Array) -> list[dict]:
@@ -302,6 +306,7 @@ def merge_outputs(run: CapfiltRun, workdir: str) -> dict:
 
     labels = load_noise_labels(run.noise_labels) if run.noise_labels else None
     report = summarize(merged(), skips, labels)
+    report["source_skips"] = dict(run.source_skips)
     report["output"] = spec
     _write_atomic(os.path.join(workdir, "report.json"), json.dumps(report, indent=1))
     return report
@@ -315,7 +320,8 @@ def run_capfilt(run: CapfiltRun, workdir: str, cfg_json: dict | None = None,
     os.makedirs(workdir, exist_ok=True)
     if cfg_json is not None:
         # The effective batch (rounded to the device count) fixes chunk boundaries and sampling keys.
-        _check_config(workdir, dict(cfg_json, effective_batch_size=run.batch_size))
+        # So does the source's length: records added or removed would shift every index.
+        _check_config(workdir, dict(cfg_json, effective_batch_size=run.batch_size, source_records=len(run.records)))
     t0 = time.time()
     complete = process_chunks(run, workdir, max_chunks, stop)
     if not complete:
@@ -345,12 +351,15 @@ def build_run(cfg, workdir: str) -> CapfiltRun:
 
     data_root = ensure_embedded_dataset(cfg, workdir) if cfg.data.get("embedded", False) else None
     spec = pl.DatasetSpec.from_any(_source_spec(cfg.data.source, data_root, cfg.data.get("image_root")))
-    records, load_skips = pl.open_source(spec)
+    # Webdataset shards are read by index too: each shard's headers are scanned once into
+    # <workdir>/tar_index (every process starts with its own share of the shards).
+    records, load_skips = pl.open_source(spec, jax.process_index(), jax.process_count(), random_access=True,
+                                         index_dir=os.path.join(workdir, "tar_index"))
     if isinstance(records, grain.IterDataset):
-        raise ValueError(f"data.source {spec.name!r} ({spec.format}) streams; CapFilt needs a random-access "
-                         "source: convert webdataset shards with `blip-jax data convert` to ArrayRecord first")
+        raise ValueError(f"data.source {spec.name!r} ({spec.format}) has no random-access reader")
     if load_skips:
-        log.warning("annotation entries skipped while loading %s: %s", spec.name, dict(load_skips))
+        log.warning("lost while opening %s: %s%s", spec.name, dict(load_skips),
+                    f" (broken shards: {records.truncated_shards})" if hasattr(records, "truncated_shards") else "")
     dtype = {"dtype": cfg.dtype} if cfg.get("dtype") else {}
     captioner_model = BlipForConditionalGeneration.from_pretrained(cfg.captioner, **dtype)
     filter_model = BlipForImageTextRetrieval.from_pretrained(cfg.filter, **dtype)
@@ -372,13 +381,14 @@ def build_run(cfg, workdir: str) -> CapfiltRun:
         filter=Filter(filter_model, tokenizer, max_words=filtering.max_words, max_len=filtering.max_len, mesh=mesh),
         filtering=filtering, image_size=size, batch_size=batch_size, chunk_batches=int(cfg.chunk_batches),
         seed=int(cfg.seed), num_threads=int(cfg.get("num_threads", 4)), noise_labels=noise,
-        output_format=cfg.get("output_format", "auto"), log_every_chunks=int(cfg.get("log_every_chunks", 1)))
+        output_format=cfg.get("output_format", "auto"), log_every_chunks=int(cfg.get("log_every_chunks", 1)),
+        source_skips=dict(load_skips))
 
 
 def _source_spec(source, data_root: str | None, image_root: str | None = None) -> dict:
     """data.source -> a DatasetSpec dict. A string is 'embedded:<split>' (with data.embedded=True)
-    or '<format>:<path>[,<path>...]' (blip_json with data.image_root, array_record globs, tfds
-    name); a dict is a DatasetSpec."""
+    or '<format>:<path>[,<path>...]' (blip_json with data.image_root, array_record or webdataset
+    globs, tfds name); a dict is a DatasetSpec."""
     if not isinstance(source, str):
         return source.to_dict() if hasattr(source, "to_dict") else dict(source)
     fmt, _, paths = source.partition(":")
@@ -388,7 +398,7 @@ def _source_spec(source, data_root: str | None, image_root: str | None = None) -
         from blip_jax.data.synthetic import embedded_spec
 
         return embedded_spec(paths, data_root)
-    if fmt not in ("blip_json", "array_record", "tfds") or not paths:
+    if fmt not in ("blip_json", "array_record", "webdataset", "tfds") or not paths:
         raise ValueError(f"data.source {source!r}: expected 'embedded:<split>', 'blip_json:<files>', "
-                         "'array_record:<globs>' or 'tfds:<name>' (CapFilt needs a random-access source)")
+                         "'array_record:<globs>', 'webdataset:<tar globs>' or 'tfds:<name>'")
     return {"name": "capfilt_source", "format": fmt, "paths": paths.split(","), "image_root": image_root or None}

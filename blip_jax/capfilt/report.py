@@ -17,8 +17,9 @@ SWEEP = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)
 
 
 def load_noise_labels(path: str) -> dict[tuple[str, str], str]:
-    """web_noise.json ([{"image", "caption", "noise_type", ...}]) -> {(image, caption): noise_type}
-    ("clean" for clean captions)."""
+    """web_noise.json ([{"image", "caption", "noise_type", "key"?, ...}]) -> {(image, caption):
+    noise_type} ("clean" for clean captions), and {(key, caption): noise_type} too for entries with
+    the sample's key in webdataset shards."""
     with open(path, encoding="utf-8") as f:
         entries = json.load(f)
     out = {}
@@ -26,6 +27,8 @@ def load_noise_labels(path: str) -> dict[tuple[str, str], str]:
         if not isinstance(e, dict) or not {"image", "caption", "noise_type"} <= set(e):
             raise ValueError(f"{path}: entry {i} needs 'image', 'caption' and 'noise_type', got {e!r:.120}")
         out[(e["image"], e["caption"])] = e["noise_type"]
+        if "key" in e:
+            out[(e["key"], e["caption"])] = e["noise_type"]
     return out
 
 

@@ -42,7 +42,7 @@ from blip_jax.data.records import (
     BadRecord,
     skip_marker,
 )
-from blip_jax.data.sources import ArrayRecordRecords, TfdsRecords, WebDatasetIterDataset
+from blip_jax.data.sources import ArrayRecordRecords, TfdsRecords, WebDatasetIterDataset, WebDatasetRecords
 from blip_jax.data.text import caption_problem, pre_caption, pre_question
 from blip_jax.data.transforms import EvalImageTransform, RandAugment, TrainImageTransform
 
@@ -83,10 +83,12 @@ class DatasetSpec:
 
 
 def open_source(spec: DatasetSpec, shard_index: int = 0, shard_count: int = 1, seed: int = 0,
-                num_epochs: int | None = 1):
+                num_epochs: int | None = 1, random_access: bool = False, index_dir: str | None = None):
     """-> (map-style records or a streaming IterDataset, load-time skip Counter).
 
-    Map-style results are *not* yet sharded (the pipeline slices them); streaming ones are."""
+    Map-style results are *not* yet sharded (the pipeline slices them); streaming ones are.
+    `random_access`: webdataset shards are read by index (`WebDatasetRecords`, header index cached
+    in `index_dir`; the process's own shards are indexed first) instead of streamed."""
     fmt = spec.format
     if fmt == "blip_json":
         recs = ann.load_pretrain(spec.paths, spec.image_root, source=spec.name)
@@ -105,6 +107,10 @@ def open_source(spec: DatasetSpec, shard_index: int = 0, shard_count: int = 1, s
         src = TfdsRecords(spec.paths[0], spec.split, spec.tfds_data_dir, caption_key=spec.tfds_caption_key,
                           source=spec.name)
         return src, collections.Counter()
+    if random_access:
+        recs = WebDatasetRecords(spec.paths, source=spec.name, index_dir=index_dir,
+                                 first_share=(shard_index, shard_count))
+        return recs, recs.skips
     ds = WebDatasetIterDataset(spec.paths, source=spec.name, seed=seed, num_epochs=num_epochs,
                                shard_index=shard_index, shard_count=shard_count)
     return ds, collections.Counter()

@@ -1,4 +1,5 @@
-"""Record sources: webdataset tar shards (streaming), ArrayRecord shards (random access), tfds.
+"""Record sources: webdataset tar shards (streamed, or read by index through a header index),
+ArrayRecord shards (random access), tfds.
 
 BLIP JSON files load into plain record lists (`annotations.py`), which grain reads as
 random-access sources directly.
@@ -6,7 +7,13 @@ random-access sources directly.
 
 from __future__ import annotations
 
+import bisect
+import collections
+import concurrent.futures
+import dataclasses
 import glob
+import hashlib
+import io
 import json
 import os
 import tarfile
@@ -208,6 +215,150 @@ class _WebDatasetIterator(grain.DatasetIterator):
     def set_state(self, state: dict[str, Any]) -> None:
         self._epoch, self._shard_pos, self._consumed = state["epoch"], state["shard_pos"], state["consumed"]
         self._gen = None
+
+
+# ---------------------------------------------------------------------------------------------
+# webdataset shards read by index
+
+
+@dataclasses.dataclass(frozen=True)
+class TarShardIndex:
+    """Where the samples of one tar shard lie: sample i is the bytes [starts[i], starts[i+1]), its
+    members' headers and data. `complete` is False when the shard breaks off (a truncated copy, or
+    garbage where a header should be): the samples before the break are indexed, the rest are lost
+    and counted as a `truncated_shard`."""
+
+    path: str
+    size: int
+    mtime_ns: int
+    starts: np.ndarray  # int64 (N + 1,)
+    complete: bool
+
+    def __len__(self) -> int:
+        return len(self.starts) - 1
+
+    def to_json(self) -> dict:
+        return {"path": self.path, "size": self.size, "mtime_ns": self.mtime_ns,
+                "starts": self.starts.tolist(), "complete": self.complete}
+
+
+def index_tar_shard(path: str) -> TarShardIndex:
+    """Scans the member headers of a tar shard (seeking over the data, no payload is read) and
+    groups consecutive members with the same key into samples, as the streaming reader does."""
+    st = os.stat(path)
+    spans: list[list] = []  # [key, start of its first header, end of its last member's data]
+    complete = True
+    try:
+        with tarfile.open(path, "r:") as tar:
+            for member in tar:
+                if not member.isfile():
+                    continue
+                end = member.offset_data + member.size
+                if end > st.st_size:  # the data runs past the end of the file
+                    complete = False
+                    break
+                key = _sample_key(member.name)[0]
+                if spans and spans[-1][0] == key:
+                    spans[-1][2] = end
+                else:
+                    spans.append([key, member.offset, end])
+            if complete:  # iteration also ends quietly at a cut header or garbage: want the end marker
+                with open(path, "rb") as f:
+                    f.seek(tar.offset)
+                    complete = f.read(tarfile.BLOCKSIZE) == tarfile.NUL * tarfile.BLOCKSIZE
+    except (tarfile.TarError, OSError, EOFError):
+        complete = False
+    starts = np.asarray([s[1] for s in spans] + ([spans[-1][2]] if spans else [0]), np.int64)
+    return TarShardIndex(os.path.abspath(path), st.st_size, st.st_mtime_ns, starts, complete)
+
+
+def _cached_tar_index(path: str, index_dir: str | None) -> TarShardIndex:
+    """`index_tar_shard`, kept as JSON in `index_dir` and reused while the shard's size and
+    modification time are unchanged (a rerun over thousands of shards does not rescan them)."""
+    if not index_dir:
+        return index_tar_shard(path)
+    path = os.path.abspath(path)
+    cache = os.path.join(index_dir, hashlib.sha1(path.encode()).hexdigest()[:20] + ".json")
+    st = os.stat(path)
+    try:
+        with open(cache, encoding="utf-8") as f:
+            d = json.load(f)
+        if (d["path"], d["size"], d["mtime_ns"]) == (path, st.st_size, st.st_mtime_ns):
+            return TarShardIndex(path, d["size"], d["mtime_ns"], np.asarray(d["starts"], np.int64), d["complete"])
+    except (OSError, ValueError, KeyError, TypeError):
+        pass  # no cache yet, or an unreadable one: scan again
+    index = index_tar_shard(path)
+    os.makedirs(index_dir, exist_ok=True)
+    tmp = f"{cache}.{os.getpid()}.tmp"  # processes sharing the folder may write the same file
+    with open(tmp, "w", encoding="utf-8") as f:
+        json.dump(index.to_json(), f)
+    os.replace(tmp, cache)
+    return index
+
+
+def _read_tar_sample(path: str, start: int, end: int) -> tuple[str | None, dict[str, bytes]]:
+    """The members of one indexed sample -> (key, {ext: bytes}); (None, {}) when the bytes there
+    are no longer a tar sample (the file changed since it was indexed)."""
+    with open(path, "rb") as f:
+        f.seek(start)
+        data = f.read(end - start)
+    # The span ends with the last member's data: add its block padding and an end-of-archive marker.
+    data += tarfile.NUL * (-len(data) % tarfile.BLOCKSIZE + 2 * tarfile.BLOCKSIZE)
+    key, files = None, {}
+    try:
+        with tarfile.open(fileobj=io.BytesIO(data), mode="r:") as tar:
+            for member in tar:
+                if member.isfile():
+                    key, ext = _sample_key(member.name)
+                    files[ext] = tar.extractfile(member).read()
+    except (tarfile.TarError, OSError, EOFError):
+        return None, {}
+    return key, files
+
+
+class WebDatasetRecords(grain.sources.RandomAccessDataSource):
+    """img2dataset/webdataset tar shards read by record index, with no conversion: each shard's
+    headers are scanned once (`index_tar_shard`; cached in `index_dir`), after which record i is one
+    seek and one read. For jobs that need random access and resumable order (CapFilt); training
+    streams the same shards with `WebDatasetIterDataset`, which yields the same records.
+
+    `skips` counts the shards that break off (`truncated_shard`); their readable samples are kept.
+    `first_share` (index, count): the strided share of the shards this process indexes first, so
+    that processes sharing `index_dir` split the scanning between them."""
+
+    def __init__(self, shards: str | Sequence[str], source: str = "web", index_dir: str | None = None,
+                 num_threads: int = 8, first_share: tuple[int, int] = (0, 1)):
+        self._paths = expand_paths(shards)
+        self._source = source
+        mine = range(first_share[0], len(self._paths), first_share[1])
+        order = list(dict.fromkeys([*mine, *range(len(self._paths))]))
+        with concurrent.futures.ThreadPoolExecutor(max(1, num_threads)) as pool:
+            found = dict(zip(order, pool.map(lambda i: _cached_tar_index(self._paths[i], index_dir), order)))
+        self._indexes = [found[i] for i in range(len(self._paths))]
+        self._offsets = np.cumsum([0] + [len(ix) for ix in self._indexes])
+        self.skips = collections.Counter(truncated_shard=sum(not ix.complete for ix in self._indexes))
+        if not self.skips["truncated_shard"]:
+            del self.skips["truncated_shard"]
+
+    def __len__(self) -> int:
+        return int(self._offsets[-1])
+
+    def __getitem__(self, index: int) -> dict:
+        if not 0 <= index < len(self):
+            raise IndexError(f"record {index} of {len(self)}")
+        shard = bisect.bisect_right(self._offsets, index) - 1
+        ix, pos = self._indexes[shard], index - int(self._offsets[shard])
+        key, files = _read_tar_sample(ix.path, int(ix.starts[pos]), int(ix.starts[pos + 1]))
+        if key is None:
+            return skip_marker("bad_record", f"sample {pos} of {ix.path} no longer reads as indexed", self._source)
+        return webdataset_sample_to_record(key, files, self._source, index)
+
+    @property
+    def truncated_shards(self) -> list[str]:
+        return [ix.path for ix in self._indexes if not ix.complete]
+
+    def __repr__(self) -> str:
+        return f"WebDatasetRecords({len(self._paths)} shards, {len(self)} records)"
 
 
 # ---------------------------------------------------------------------------------------------

@@ -279,6 +279,11 @@ def build_vocab(lines: list[str]) -> list[str]:
     return vocab
 
 
+def _web_key(i: int) -> str:
+    """The img2dataset key of web sample i in the shards."""
+    return f"{i:09d}"
+
+
 def generate_embedded_dataset(out_dir: str, config: SyntheticConfig | None = None, **overrides) -> dict:
     """Writes the embedded dataset to `out_dir` (see module docstring); returns the manifest."""
     cfg = dataclasses.replace(config or SyntheticConfig(), **overrides)
@@ -321,8 +326,8 @@ def generate_embedded_dataset(out_dir: str, config: SyntheticConfig | None = Non
             else:
                 kind, caption = "junk", junk_caption(rng)
         web_entries.append({"image": web_paths[i], "caption": caption})
-        noise_entries.append({"image": web_paths[i], "caption": caption, "is_noise": kind != "clean",
-                              "noise_type": kind, "clean_caption": clean[i]})
+        noise_entries.append({"image": web_paths[i], "key": _web_key(i), "caption": caption,  # key: in the shards
+                              "is_noise": kind != "clean", "noise_type": kind, "clean_caption": clean[i]})
     corrupt_entries = []
     for k in range(cfg.num_corrupt):
         rel = f"web/broken_{k:05d}.jpg"
@@ -344,7 +349,7 @@ def generate_embedded_dataset(out_dir: str, config: SyntheticConfig | None = Non
         path = os.path.join(out_dir, "shards", f"web-{s // cfg.shard_size:05d}.tar")
         with tarfile.open(path, "w") as tar:
             for i in range(s, min(cfg.num_web, s + cfg.shard_size)):
-                key = f"{i:09d}"
+                key = _web_key(i)
                 meta = {"key": key, "caption": web_entries[i]["caption"], "url": f"synthetic://web/{key}.jpg",
                         "status": "success", "width": cfg.image_size, "height": cfg.image_size,
                         "original_width": cfg.image_size, "original_height": cfg.image_size}

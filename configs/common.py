@@ -38,6 +38,8 @@ def base_config() -> ml_collections.ConfigDict:
         # True: torchvision's RandomResizedCrop exactly (full-size PIL decode + bicubic); False:
         # DCT-scaled decode + OpenCV area resize, 1.8x the images/s per input core
         exact_crops=False,
+        # streamed (webdataset) records are shuffled in windows of this many (0: shard order)
+        shuffle_window=1000,
     ))
     c.objective = ml_collections.ConfigDict(dict(
         itc_weight=1.0, itm_weight=1.0, lm_weight=1.0, momentum=0.995, alpha=0.4, alpha_ramp_epochs=2.0,

@@ -18,4 +18,7 @@ def get_config(root: str = "/data/pretrain", laion: bool = False) -> ml_collecti
     return ml_collections.ConfigDict(dict(
         datasets=datasets, image_size=224, min_scale=0.2, max_words=30, max_len=30, randaugment=True, hflip=True,
         batch_size=64, num_workers=12, num_threads=2,
+        # each input worker shuffles its stream of web records in windows of this many (~50 MB of
+        # encoded images), so batches change company every epoch; COCO/VG are shuffled globally
+        shuffle_window=1000,
     ))

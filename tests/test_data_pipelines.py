@@ -104,6 +104,33 @@ def test_web_shard_bad_samples_counted_in_pretraining(emb, tmp_path):
     assert it.skip_counts == {"empty_image": 1, "bad_json": 1}
 
 
+def test_web_stream_shuffled_in_windows_each_epoch_and_restorable(emb):
+    """Streamed shards are shuffled within windows (here 5 records), anew each epoch, and an
+    iterator restored mid-window goes on exactly."""
+    spec = dict(name="web", format="webdataset", paths=[f"{emb}/shards/web-00000.tar"])  # 16 samples
+
+    def build(window, **kw):
+        return P.pretrain_pipeline([spec], FakeTokenizer(), _opts(batch_size=4, shuffle_window=window, **kw),
+                                   image_size=24, num_epochs=2)
+
+    plain = np.concatenate([b["index"] for b in build(0, host_prefetch=0)])
+    assert plain.tolist() == list(range(16)) * 2  # shard order
+    idx = np.concatenate([b["index"] for b in build(5, host_prefetch=0)])
+    assert sorted(idx) == sorted(plain)
+    for w in range(7):  # each window is a permutation of the same stretch of the stream (epochs run on)
+        assert sorted(idx[5 * w:5 * w + 5]) == sorted(plain[5 * w:5 * w + 5])
+    assert idx[:16].tolist() != plain[:16].tolist() and idx[16:].tolist() != idx[:16].tolist()
+
+    it = iter(build(5))
+    next(it)
+    state = it.get_state()  # 4 records in: inside the first window
+    expected = [next(it) for _ in range(3)]
+    it2 = iter(build(5))
+    it2.set_state(state)
+    for a in expected:
+        _equal_batches(a, next(it2))
+
+
 # ------------------------------------------------------------------------------------------ checkpointing
 def test_orbax_checkpoint_restore_mid_epoch_continues_exactly(emb, tmp_path):
     def build():

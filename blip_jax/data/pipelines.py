@@ -439,6 +439,11 @@ class LoaderOptions:
     num_threads: int = 8
     prefetch_buffer_size: int = 64
     host_prefetch: int = 2  # batches prefetched in a background thread when num_workers == 0
+    # Streaming sources (webdataset) in training: records are shuffled within consecutive windows
+    # of this many, each window with its own seed, so batches are not runs of one shard's order and
+    # their composition changes every epoch (map-style sources are shuffled globally). Raw records
+    # are held (encoded images): about window x 50 KB per reader. 0 = shard order.
+    shuffle_window: int = 1000
 
     def resolved_shard(self) -> tuple[int, int]:
         if self.shard_index is not None and self.shard_count is not None:
@@ -509,6 +514,9 @@ def train_pipeline(datasets: Sequence[DatasetSpec | dict], processor, opts: Load
         src, skips = open_source(spec, shard_index, shard_count, opts.seed + 7919 * i, num_epochs)
         load_skips.update(skips)
         if isinstance(src, grain.IterDataset):
+            if shuffle and opts.shuffle_window > 1:
+                src = grain.experimental.WindowShuffleIterDataset(src, window_size=opts.shuffle_window,
+                                                                  seed=opts.seed + 7919 * i)
             iter_branches.append((i, src.random_map(guarded, seed=opts.seed + 104729 * (i + 1))))
             num_examples = None
         else:

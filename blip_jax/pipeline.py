@@ -20,6 +20,8 @@ import os
 import sys
 import time
 
+from blip_jax.files import write_json_atomic
+
 log = logging.getLogger("blip_jax.pipeline")
 
 DONE = "STAGE_DONE"
@@ -74,8 +76,7 @@ def _run_stages(cfg, workdir: str, stop) -> int:
                   "rerunning the same command resumes from it", file=sys.stderr)
             return 0
         seconds[name] = time.time() - t0
-        with open(done, "w") as f:
-            json.dump({"argv": argv, "seconds": round(seconds[name], 1)}, f)
+        write_json_atomic(done, {"argv": argv, "seconds": round(seconds[name], 1)})
     print(summary(cfg, workdir, seconds))
     return 0
 

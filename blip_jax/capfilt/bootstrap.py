@@ -41,6 +41,7 @@ import numpy as np
 from blip_jax.capfilt.captioner import Captioner, SamplingConfig, local_mesh
 from blip_jax.capfilt.filter import Filter
 from blip_jax.capfilt.report import load_noise_labels, summarize
+from blip_jax.files import write_atomic
 
 log = logging.getLogger("blip_jax.capfilt")
 
@@ -125,18 +126,6 @@ def _part_name(process: int, processes: int, chunk: int) -> str:
     return f"p{process:05d}-of-{processes:05d}-c{chunk:07d}"
 
 
-def _write_atomic(path: str, text: str | Iterator[str]) -> None:
-    """`text` (or the strings an iterator yields, streamed) into `path`, which appears whole or not
-    at all: written under a temporary name, then renamed."""
-    tmp = path + ".tmp"
-    with open(tmp, "w", encoding="utf-8") as f:
-        if isinstance(text, str):
-            f.write(text)
-        else:
-            f.writelines(text)
-    os.replace(tmp, path)
-
-
 def _check_config(workdir: str, cfg_json: dict) -> None:
     """Save the config on the first run; on a rerun refuse another one (runtime knobs aside)."""
     from blip_jax.train.checkpointing import config_changes
@@ -144,7 +133,7 @@ def _check_config(workdir: str, cfg_json: dict) -> None:
     path = os.path.join(workdir, CONFIG_FILE)
     if not os.path.exists(path):
         if jax.process_index() == 0:
-            _write_atomic(path, json.dumps(cfg_json, indent=1, sort_keys=True))
+            write_atomic(path, json.dumps(cfg_json, indent=1, sort_keys=True))
         return
     with open(path, encoding="utf-8") as f:
         saved = json.load(f)
@@ -240,9 +229,9 @@ def process_chunks(run: CapfiltRun, workdir: str, max_chunks: int | None = None,
                 rec = run.records[pos]
                 key_ = rec.get("image_key", "") if "captions" in rec else rec.get("where", "")
                 rows[pos] = {"index": int(pos), "image_key": key_, "image": rec.get("image_path"), "skipped": True}
-        _write_atomic(name + ".jsonl", (json.dumps(rows[i], ensure_ascii=False) + "\n" for i in sorted(rows)))
+        write_atomic(name + ".jsonl", (json.dumps(rows[i], ensure_ascii=False) + "\n" for i in sorted(rows)))
         meta = {"chunk": chunk, "records": len(positions), "skips": skips, "seconds": round(time.time() - t0, 3)}
-        _write_atomic(name + ".meta.json", json.dumps(meta))
+        write_atomic(name + ".meta.json", json.dumps(meta))
         done_now += 1
         if run.log_every_chunks and (chunk + 1) % run.log_every_chunks == 0:
             log.info("chunk %d/%d: %d records in %.1fs (%.1f images/s)", chunk + 1, num_chunks, len(positions),
@@ -282,7 +271,7 @@ def merge_outputs(run: CapfiltRun, workdir: str) -> dict:
     if fmt not in ("blip_json", "array_record"):
         raise ValueError(f"output_format must be auto, blip_json or array_record, got {run.output_format!r}")
 
-    _write_atomic(os.path.join(workdir, "decisions.jsonl"),
+    write_atomic(os.path.join(workdir, "decisions.jsonl"),
                   (json.dumps(row, ensure_ascii=False) + "\n" for row in merged()))
 
     kept_rows = (r for r in merged() if not r.get("skipped") and kept_texts(r))
@@ -294,7 +283,7 @@ def merge_outputs(run: CapfiltRun, workdir: str) -> dict:
                                  "output_format='array_record' for sources that hold image bytes")
             out.append({"image": os.path.abspath(r["image"]), "caption": kept_texts(r)})
         path = os.path.join(workdir, "bootstrapped.json")
-        _write_atomic(path, json.dumps(out, ensure_ascii=False, indent=0))
+        write_atomic(path, json.dumps(out, ensure_ascii=False, indent=0))
         spec = {"name": "capfilt", "format": "blip_json", "paths": [os.path.abspath(path)]}
     else:
         from blip_jax.data.convert import write_array_record
@@ -302,13 +291,13 @@ def merge_outputs(run: CapfiltRun, workdir: str) -> dict:
         records = (dict(run.records[r["index"]], captions=kept_texts(r)) for r in kept_rows)
         written = write_array_record(records, os.path.join(workdir, "bootstrapped"), "bootstrapped")
         spec = {"name": "capfilt", "format": "array_record", "paths": [os.path.abspath(p) for p in written["files"]]}
-    _write_atomic(os.path.join(workdir, "bootstrapped.spec.json"), json.dumps(spec, indent=1))
+    write_atomic(os.path.join(workdir, "bootstrapped.spec.json"), json.dumps(spec, indent=1))
 
     labels = load_noise_labels(run.noise_labels) if run.noise_labels else None
     report = summarize(merged(), skips, labels)
     report["source_skips"] = dict(run.source_skips)
     report["output"] = spec
-    _write_atomic(os.path.join(workdir, "report.json"), json.dumps(report, indent=1))
+    write_atomic(os.path.join(workdir, "report.json"), json.dumps(report, indent=1))
     return report
 
 

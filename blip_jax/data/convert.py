@@ -11,13 +11,13 @@ Output: {out_dir}/{name}-{i:05d}-of-{n:05d}.array_record plus {name}.meta.json w
 from __future__ import annotations
 
 import collections
-import json
 import os
 from collections.abc import Iterable, Iterator
 
 from blip_jax.data.image import image_bytes_of
 from blip_jax.data.records import SKIP_KEY, BadRecord, serialize_record
 from blip_jax.data.sources import WebDatasetIterDataset
+from blip_jax.files import write_json_atomic
 
 
 def _writer(path: str):
@@ -71,8 +71,7 @@ def write_array_record(records: Iterable[dict], out_dir: str, name: str, records
         files.append(final)
     meta = {"name": name, "files": [os.path.basename(f) for f in files], "num_records": total,
             "skipped": dict(skips)}
-    with open(os.path.join(out_dir, f"{name}.meta.json"), "w") as f:
-        json.dump(meta, f, indent=1)
+    write_json_atomic(os.path.join(out_dir, f"{name}.meta.json"), meta, indent=1)
     return dict(meta, files=files)
 
 

@@ -29,6 +29,7 @@ from blip_jax.data.records import (
     make_record,
     skip_marker,
 )
+from blip_jax.files import write_json_atomic
 
 IMAGE_EXTENSIONS = ("jpg", "jpeg", "png", "webp", "bmp", "gif", "tif", "tiff")
 
@@ -289,10 +290,7 @@ def _cached_tar_index(path: str, index_dir: str | None) -> TarShardIndex:
         pass  # no cache yet, or an unreadable one: scan again
     index = index_tar_shard(path)
     os.makedirs(index_dir, exist_ok=True)
-    tmp = f"{cache}.{os.getpid()}.tmp"  # processes sharing the folder may write the same file
-    with open(tmp, "w", encoding="utf-8") as f:
-        json.dump(index.to_json(), f)
-    os.replace(tmp, cache)
+    write_json_atomic(cache, index.to_json())
     return index
 
 

@@ -39,6 +39,7 @@ import numpy as np
 from PIL import Image, ImageDraw
 
 from blip_jax.data.text import pre_caption, pre_question
+from blip_jax.files import write_json_atomic
 
 COLORS = {"red": (215, 38, 38), "green": (34, 160, 60), "blue": (36, 84, 216),
           "yellow": (236, 204, 30), "purple": (136, 56, 176), "orange": (244, 132, 24)}
@@ -255,8 +256,7 @@ def _jpeg(img: Image.Image, quality: int) -> bytes:
 
 
 def _dump(obj, path: str) -> None:
-    with open(path, "w", encoding="utf-8") as f:
-        json.dump(obj, f, ensure_ascii=False, indent=None, separators=(",", ":"))
+    write_json_atomic(path, obj, ensure_ascii=False, separators=(",", ":"))
 
 
 _BASIC_SPLIT = re.compile(r"\w+|[^\w\s]", re.UNICODE)
@@ -444,8 +444,7 @@ def generate_embedded_dataset(out_dir: str, config: SyntheticConfig | None = Non
                    "vocab_size": len(vocab)},
         "seconds": round(time.time() - t0, 2),
     }
-    with open(os.path.join(out_dir, "manifest.json"), "w") as f:
-        json.dump(manifest, f, indent=1)
+    write_json_atomic(os.path.join(out_dir, "manifest.json"), manifest, indent=1)  # last: marks the data complete
     return manifest
 
 

@@ -24,6 +24,8 @@ from collections.abc import Iterable, Sequence
 
 import numpy as np
 
+from blip_jax.files import write_json_atomic
+
 log = logging.getLogger(__name__)
 
 PROMPT = "a picture of "
@@ -200,15 +202,10 @@ def evaluate_captioning(model, image_batches: Iterable[dict], records: Sequence[
     metrics["num_images"] = float(len(results))
     if jax.process_index() == 0:
         os.makedirs(workdir, exist_ok=True)
-        _dump(results, os.path.join(workdir, f"{name}_results{suffix}.json"))
+        write_json_atomic(os.path.join(workdir, f"{name}_results{suffix}.json"), results, indent=1)
         if ground_truth is None:
-            _dump(gt, os.path.join(workdir, f"{name}_gt.json"))
-        _dump(metrics, os.path.join(workdir, f"{name}_metrics{suffix}.json"))
+            write_json_atomic(os.path.join(workdir, f"{name}_gt.json"), gt, indent=1)
+        write_json_atomic(os.path.join(workdir, f"{name}_metrics{suffix}.json"), metrics, indent=1)
     return metrics
 
 
-def _dump(obj, path: str) -> None:
-    tmp = path + ".tmp"
-    with open(tmp, "w", encoding="utf-8") as f:
-        json.dump(obj, f, indent=1)
-    os.replace(tmp, path)

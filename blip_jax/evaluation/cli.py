@@ -20,7 +20,6 @@ The training loop calls `run_evals` for periodic evaluation (`due` says which ev
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import os
 import sys
@@ -140,12 +139,12 @@ def run_evals(config_evals, models: dict, tokenizer, mesh, workdir: str, *, step
 def _write(workdir: str, name: str, step: int | None, metrics: dict, extra: dict | None = None) -> None:
     import jax
 
-    from blip_jax.evaluation.captioning import _dump
+    from blip_jax.files import write_json_atomic
 
     if jax.process_index() == 0:
         os.makedirs(workdir, exist_ok=True)
         suffix = "" if step is None else f"_step{step}"
-        _dump({**metrics, **(extra or {})}, os.path.join(workdir, f"{name}_metrics{suffix}.json"))
+        write_json_atomic(os.path.join(workdir, f"{name}_metrics{suffix}.json"), {**metrics, **(extra or {})}, indent=1)
 
 
 def load_models(checkpoint: str, kinds: set[str], dtype: str | None = None) -> dict:
@@ -189,8 +188,9 @@ def main(argv: list[str] | None = None) -> int:
     import jax
 
     if jax.process_index() == 0:
-        with open(os.path.join(workdir, "eval_metrics.json"), "w") as f:
-            json.dump(metrics, f, indent=1)
+        from blip_jax.files import write_json_atomic
+
+        write_json_atomic(os.path.join(workdir, "eval_metrics.json"), metrics, indent=1)
     for k, v in sorted(metrics.items()):
         print(f"{k:<40} {v:10.4f}")
     return 0

@@ -245,7 +245,7 @@ def evaluate_vqa(model, batches: Iterable[dict], tokenizer, mesh, workdir: str, 
                  **kwargs) -> dict[str, float]:
     """Answer, write ``<workdir>/<name>_results[_step<N>].json`` (server format) and, where ground
     truth is given, ``<name>_metrics[...].json`` with the official accuracy."""
-    from blip_jax.evaluation.captioning import _dump
+    from blip_jax.files import write_json_atomic
 
     results = answer_questions(model, batches, tokenizer, mesh, **kwargs)
     suffix = "" if step is None else f"_step{step}"
@@ -254,6 +254,6 @@ def evaluate_vqa(model, batches: Iterable[dict], tokenizer, mesh, workdir: str, 
         metrics.update(vqa_score(results, gt_answers))
     if jax.process_index() == 0:
         os.makedirs(workdir, exist_ok=True)
-        _dump(results, os.path.join(workdir, f"{name}_results{suffix}.json"))
-        _dump(metrics, os.path.join(workdir, f"{name}_metrics{suffix}.json"))
+        write_json_atomic(os.path.join(workdir, f"{name}_results{suffix}.json"), results, indent=1)
+        write_json_atomic(os.path.join(workdir, f"{name}_metrics{suffix}.json"), metrics, indent=1)
     return metrics

@@ -1,0 +1,34 @@
+"""Output files that appear whole or not at all: written under a temporary name in the same
+folder, then renamed over the target (atomic on POSIX filesystems). A job killed mid-write leaves
+the previous file, or none, never a truncated one that a rerun would trust (a CapFilt chunk, a
+pipeline stage's done-marker, evaluation metrics)."""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Iterable
+from typing import Any
+
+
+def write_atomic(path: str, text: str | Iterable[str]) -> None:
+    """`text`, or the strings an iterable yields (streamed, for outputs larger than memory), into
+    `path`. The temporary name carries the process id, so processes sharing a folder that write
+    the same file (identical contents) do not collide."""
+    tmp = f"{path}.{os.getpid()}.tmp"
+    try:
+        with open(tmp, "w", encoding="utf-8") as f:
+            if isinstance(text, str):
+                f.write(text)
+            else:
+                f.writelines(text)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+        raise
+
+
+def write_json_atomic(path: str, obj: Any, **dump_kwargs) -> None:
+    """`obj` as JSON into `path` (json.dumps keyword arguments: indent, sort_keys, ...)."""
+    write_atomic(path, json.dumps(obj, **dump_kwargs))

@@ -2,11 +2,14 @@
 
     blip-jax train --config configs/pretrain_tiny.py --workdir workdir/tiny
     blip-jax train --config configs/pretrain_tiny.py:bootstrapped=workdir/tiny_capfilt --workdir workdir/tiny_boot
+    blip-jax train --config configs/pretrain_tiny.py:shards --workdir workdir/tiny_shards
 
 Runs on 2 CPU cores in a few minutes: generates the embedded dataset (noisy web split + clean
 COCO-style captions) into <workdir>/data, trains a small ViT + text transformer with ITC, ITM
 and LM, and prints the loss table. With ``bootstrapped=<dir>`` the noisy web split is replaced by
-what a CapFilt run (configs/capfilt_tiny.py) kept, the paper's last step.
+what a CapFilt run (configs/capfilt_tiny.py) kept, the paper's last step. With ``shards`` the web
+split is streamed from its img2dataset-layout tar shards (as web data at scale is) instead of read
+from the BLIP JSON list; ``smoke`` shrinks everything for tests.
 """
 
 import os
@@ -21,9 +24,10 @@ def get_config(arg: str = ""):
     opts = [a for a in arg.split(",") if a]
     bootstrapped = next((a.removeprefix("bootstrapped=") for a in opts if a.startswith("bootstrapped=")), "")
     for a in opts:
-        if a != "smoke" and not a.startswith("bootstrapped="):
-            raise ValueError(f"configs/pretrain_tiny.py: unknown argument {a!r}; '' (the default), 'smoke' and/or "
-                             "'bootstrapped=<capfilt workdir>'")
+        if a not in ("smoke", "shards") and not a.startswith("bootstrapped="):
+            raise ValueError(f"configs/pretrain_tiny.py: unknown argument {a!r}; '' (the default), 'smoke', 'shards' "
+                             "and/or 'bootstrapped=<capfilt workdir>'")
+    shards = "shards" in opts
     arg = "smoke" if "smoke" in opts else ""
     c = base_config()
     c.model.vision = dict(image_size=64, patch_size=8, hidden_size=128, num_hidden_layers=3,
@@ -37,7 +41,7 @@ def get_config(arg: str = ""):
     c.data.embedded = True
     c.data.embedded_sizes = dict(num_web=2000, num_coco_train=400, num_coco_val=50, num_coco_test=50,
                                  image_size=96)
-    c.data.datasets = ["web", "coco"]  # embedded splits: noisy web captions + clean 5-caption set
+    c.data.datasets = ["web_shards" if shards else "web", "coco"]  # embedded splits: noisy web + clean 5-caption set
     if bootstrapped:  # CapFilt's step 5: the web split replaced by what `blip-jax capfilt` kept
         c.data.datasets = [dict(name="capfilt", format="blip_json",
                                 paths=[os.path.join(bootstrapped, "bootstrapped.json")]), "coco"]

@@ -131,6 +131,22 @@ def test_web_stream_shuffled_in_windows_each_epoch_and_restorable(emb):
         _equal_batches(a, next(it2))
 
 
+def test_streamed_shards_have_epochs(emb):
+    """Streamed shards count toward the epoch (schedules and ramps are per epoch), the same on
+    every process: the global count divided evenly."""
+    web = dict(name="web", format="webdataset", paths=[f"{emb}/shards/*.tar"])  # 3 shards of 16
+    coco = dict(name="coco", format="blip_json", paths=[f"{emb}/annotations/pretrain_coco.json"],
+                image_root=f"{emb}/images")
+    n_coco = len(P.open_source(P.DatasetSpec.from_any(coco))[0])
+    assert P.pretrain_pipeline([web], FakeTokenizer(), _opts(batch_size=4), image_size=24).steps_per_epoch == 12
+    for index in (0, 1):
+        pipe = P.pretrain_pipeline([web, coco], FakeTokenizer(), _opts(shard_index=index, shard_count=2),
+                                   image_size=24)
+        assert pipe.num_examples == 48 // 2 + n_coco // 2
+    stated = P.pretrain_pipeline([dict(web, num_records=1000)], FakeTokenizer(), _opts(batch_size=10), image_size=24)
+    assert stated.steps_per_epoch == 100
+
+
 # ------------------------------------------------------------------------------------------ checkpointing
 def test_orbax_checkpoint_restore_mid_epoch_continues_exactly(emb, tmp_path):
     def build():

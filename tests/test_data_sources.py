@@ -257,6 +257,16 @@ def test_webdataset_index_cache(tmp_path, monkeypatch):
     assert changed[3]["captions"] == ["replaced"]
 
 
+def test_webdataset_record_count_from_stats_files_or_headers(tmp_path):
+    shards = _web_shards(tmp_path, 3, 4)
+    (tmp_path / "s-0_stats.json").write_text(json.dumps({"count": 5, "successes": 4, "failed_to_download": 1}))
+    (tmp_path / "s-1_stats.json").write_text("{truncated")  # unreadable: the shard is scanned instead
+    count, how = sources.webdataset_record_count(shards, index_dir=str(tmp_path / "index"))
+    assert count == len(WebDatasetRecords(shards)) == 12 and how == {"stats_json": 1, "scanned": 2}
+    (tmp_path / "s-2_stats.json").write_text(json.dumps({"successes": 40}))  # img2dataset's word is taken
+    assert sources.webdataset_record_count(shards) == (48, {"stats_json": 2, "scanned": 1})
+
+
 # ------------------------------------------------------------------------------------------ ArrayRecord
 def test_convert_to_array_record_roundtrip(tmp_path):
     img_dir = tmp_path / "img"

@@ -116,3 +116,16 @@ def test_resume_with_another_config_warns_or_stops_clearly(reference, tmp_path):
     assert out.returncode == 2, out.stderr[-3000:]
     assert "model.text.num_hidden_layers: 1 -> 2" in out.stderr and "start a new --workdir" in out.stderr
     assert "Traceback" not in out.stderr
+
+
+def test_streamed_web_shards_train_by_epochs(tmp_path):
+    """The paper configs' shape: web data streamed from img2dataset shards and a length in epochs
+    (no total_steps). An epoch is the mixture once: 96 web samples (counted from the shards'
+    stats files) + 32 COCO entries at batch 8 = 16 steps."""
+    cmd = [sys.executable, "-m", "blip_jax.cli", "train", "--config", CONFIG + ",shards", "--workdir", str(tmp_path),
+           "--config.data.num_threads=2", "--config.total_steps=0", "--config.num_epochs=1"]
+    out = subprocess.run(cmd, env=_env(), capture_output=True, text=True, timeout=300, cwd=ROOT)
+    assert out.returncode == 0, out.stderr[-4000:]
+    hist = history_from_jsonl(os.path.join(tmp_path, "metrics.jsonl"))
+    assert sorted(hist) == list(range(1, 17)) and all(np.isfinite(h["loss_ita"]) for h in hist.values())
+    assert not os.path.exists(os.path.join(tmp_path, "tar_index"))  # counted from the stats files, no scan

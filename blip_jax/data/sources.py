@@ -359,6 +359,32 @@ class WebDatasetRecords(grain.sources.RandomAccessDataSource):
         return f"WebDatasetRecords({len(self._paths)} shards, {len(self)} records)"
 
 
+def _img2dataset_successes(shard: str) -> int | None:
+    """The sample count img2dataset wrote next to a shard ({stem}_stats.json: "successes"), or
+    None when there is no readable one."""
+    stats = os.path.splitext(shard)[0] + "_stats.json"
+    try:
+        with open(stats, encoding="utf-8") as f:
+            n = json.load(f)["successes"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    return n if isinstance(n, int) and n >= 0 else None
+
+
+def webdataset_record_count(shards: str | Sequence[str], index_dir: str | None = None,
+                            num_threads: int = 8) -> tuple[int, dict[str, int]]:
+    """How many samples the shards hold -> (count, {"stats_json": shards counted from img2dataset's
+    stats files, "scanned": shards whose headers were scanned (`index_tar_shard`, cached in
+    `index_dir`)}). Streamed training needs it for its epochs (schedules, ramps, per-epoch evals)."""
+    paths = expand_paths(shards)
+    from_stats = [_img2dataset_successes(p) for p in paths]
+    missing = [p for p, n in zip(paths, from_stats) if n is None]
+    with concurrent.futures.ThreadPoolExecutor(max(1, num_threads)) as pool:
+        scanned = list(pool.map(lambda p: len(_cached_tar_index(p, index_dir)), missing))
+    total = sum(n for n in from_stats if n is not None) + sum(scanned)
+    return total, {"stats_json": len(paths) - len(missing), "scanned": len(missing)}
+
+
 # ---------------------------------------------------------------------------------------------
 # ArrayRecord
 

@@ -13,7 +13,8 @@ written in the real on-disk formats so every loader runs on it:
     {out}/annotations/web_noise.json           per web caption: is_noise, noise_type, clean_caption
     {out}/annotations/coco_karpathy_{train,val,test}.json
     {out}/annotations/vqa_{train,test}.json, vg_qa.json, answer_list.json
-    {out}/shards/web-00000.tar ...              the web split as img2dataset webdataset shards
+    {out}/shards/web-00000.tar ...              the web split as img2dataset webdataset shards (with
+                                                img2dataset's web-00000_stats.json counts)
     {out}/corpus.txt                            every caption/question/answer, cleaned, one a line
     {out}/vocab.txt                             WordPiece vocab ([PAD]=0 [UNK] [CLS] [SEP] [MASK],
                                                 characters and ##characters, then corpus words)
@@ -343,7 +344,7 @@ def generate_embedded_dataset(out_dir: str, config: SyntheticConfig | None = Non
     _dump(noise_entries, os.path.join(ann_dir, "web_noise.json"))
     corpus += [pre_caption(e["caption"], 30) for e in web_entries]
 
-    # webdataset shards (img2dataset layout: {key}.jpg / .txt / .json)
+    # webdataset shards (img2dataset layout: {key}.jpg / .txt / .json, and {shard}_stats.json)
     shard_files = []
     for s in range(0, cfg.num_web, cfg.shard_size):
         path = os.path.join(out_dir, "shards", f"web-{s // cfg.shard_size:05d}.tar")
@@ -358,6 +359,9 @@ def generate_embedded_dataset(out_dir: str, config: SyntheticConfig | None = Non
                     info = tarfile.TarInfo(f"{key}.{ext}")
                     info.size, info.mtime = len(payload), 0  # mtime 0: byte-identical reruns
                     tar.addfile(info, io.BytesIO(payload))
+        n = min(cfg.num_web, s + cfg.shard_size) - s  # img2dataset's per-shard stats file, counts only
+        write_json_atomic(path.removesuffix(".tar") + "_stats.json",
+                          {"count": n, "successes": n, "failed_to_download": 0, "failed_to_resize": 0}, indent=4)
         shard_files.append(os.path.relpath(path, out_dir))
 
     # --- clean human-annotated split (coco_karpathy format) -----------------------------

@@ -145,7 +145,8 @@ def train(cfg: ml_collections.ConfigDict, workdir: str) -> TrainResult:
     if task in ("caption", "vqa"):
         config = tasks.fine_tune_config(cfg, config)
     specs = embedded_specs(cfg.data.datasets, data_root) if cfg.data.embedded else [dict(s) for s in cfg.data.datasets]
-    pipeline = tasks.build_pipeline(cfg, tokenizer, specs, per_process)
+    index_dir = None if "://" in workdir else os.path.join(workdir, "tar_index")  # counts of streamed shards
+    pipeline = tasks.build_pipeline(cfg, tokenizer, specs, per_process, index_dir=index_dir)
     steps_per_epoch = pipeline.steps_per_epoch
     if steps_per_epoch is not None:
         # Every process reads its own shard: an epoch is over the global dataset.

@@ -80,12 +80,15 @@ def fine_tune_config(cfg, base: BlipConfig) -> BlipConfig:
     return loaded
 
 
-def build_pipeline(cfg, tokenizer, specs: list[dict], per_process_batch: int):
+def build_pipeline(cfg, tokenizer, specs: list[dict], per_process_batch: int, index_dir: str | None = None):
+    """The training pipeline of `cfg.task`. `index_dir`: where the header scans that count streamed
+    shards without img2dataset stats files are cached (the workdir's tar_index)."""
     from blip_jax.data import pipelines as pl
 
     d = cfg.data
     opts = pl.LoaderOptions(batch_size=per_process_batch, seed=cfg.seed, num_workers=d.num_workers,
-                            num_threads=d.num_threads, shuffle_window=d.get("shuffle_window", 1000))
+                            num_threads=d.num_threads, shuffle_window=d.get("shuffle_window", 1000),
+                            index_dir=index_dir)
     common = dict(image_size=d.image_size, min_scale=d.min_scale, hflip=d.hflip, randaugment=d.randaugment,
                   exact_crops=d.get("exact_crops", False))
     task = check_task(cfg.task)

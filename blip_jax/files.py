@@ -5,28 +5,37 @@ pipeline stage's done-marker, evaluation metrics)."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
-from collections.abc import Iterable
-from typing import Any
+from collections.abc import Iterable, Iterator
+from typing import IO, Any
 
 
-def write_atomic(path: str, text: str | Iterable[str]) -> None:
-    """`text`, or the strings an iterable yields (streamed, for outputs larger than memory), into
-    `path`. The temporary name carries the process id, so processes sharing a folder that write
-    the same file (identical contents) do not collide."""
+@contextlib.contextmanager
+def atomic_open(path: str) -> Iterator[IO[str]]:
+    """A text file to write `path` through: it replaces `path` when the block ends normally and is
+    removed when the block raises. The temporary name carries the process id, so processes sharing
+    a folder that write the same file (identical contents) do not collide."""
     tmp = f"{path}.{os.getpid()}.tmp"
     try:
         with open(tmp, "w", encoding="utf-8") as f:
-            if isinstance(text, str):
-                f.write(text)
-            else:
-                f.writelines(text)
+            yield f
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):
             os.remove(tmp)
         raise
+
+
+def write_atomic(path: str, text: str | Iterable[str]) -> None:
+    """`text`, or the strings an iterable yields (streamed, for outputs larger than memory), into
+    `path`."""
+    with atomic_open(path) as f:
+        if isinstance(text, str):
+            f.write(text)
+        else:
+            f.writelines(text)
 
 
 def write_json_atomic(path: str, obj: Any, **dump_kwargs) -> None:

@@ -138,9 +138,35 @@ def test_report_numbers():
     assert sweep["0.1"] == {"web_kept": 0.75, "clean_kept": 1.0, "noisy_removed": 0.5}  # p == 0.1 is dropped
     assert "records_skipped_unaccounted" not in r
     assert summarize(rows, {})["records_skipped_unaccounted"] == 1
-    from blip_jax.capfilt.report import _auc
 
-    assert _auc([0.5, 0.7], [0.5]) == 0.75 and _auc([], [0.1]) is None  # a tie counts half
+
+def test_score_histogram_equals_the_full_lists():
+    """The report's constant-memory histograms give what the lists of values give: np.quantile,
+    fractions above thresholds, and the pairwise AUC with ties counting half."""
+    from blip_jax.capfilt.report import ScoreHistogram
+
+    rng = np.random.default_rng(0)
+    pos = np.round(rng.beta(4, 2, 300), 6)
+    neg = np.round(np.concatenate([rng.beta(2, 4, 197), pos[:3]]), 6)  # a few exact ties
+    hp, hn = ScoreHistogram(), ScoreHistogram()
+    hp._FLUSH = 64  # exercise the buffered adds
+    for v in pos:
+        hp.add(float(v))
+    for v in neg:
+        hn.add(float(v))
+    assert len(hp) == 300 and len(hn) == 200
+    assert hp.quantiles() == {f"p{int(q * 100)}": round(float(np.quantile(pos, q)), 4) for q in (0.1, 0.5, 0.9)}
+    for t in (0.1, 0.35, 0.5, float(pos[0])):
+        assert hp.fraction_above(t) == pytest.approx(np.mean(pos > t), abs=1e-12)
+    pairwise = np.mean((pos[:, None] > neg[None]) + 0.5 * (pos[:, None] == neg[None]))
+    assert ScoreHistogram.auc(hp, hn) == pytest.approx(pairwise, abs=1e-12)
+    empty = ScoreHistogram()
+    assert ScoreHistogram.auc(empty, hn) is None and empty.quantiles() == {}
+    tie, half = ScoreHistogram(), ScoreHistogram()
+    for v in (0.5, 0.7):
+        tie.add(v)
+    half.add(0.5)
+    assert ScoreHistogram.auc(tie, half) == 0.75  # a tie counts half
 
 
 def _cli(world, workdir, *extra):

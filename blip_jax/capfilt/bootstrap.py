@@ -40,8 +40,8 @@ import numpy as np
 
 from blip_jax.capfilt.captioner import Captioner, SamplingConfig, local_mesh
 from blip_jax.capfilt.filter import Filter
-from blip_jax.capfilt.report import load_noise_labels, summarize
-from blip_jax.files import write_atomic
+from blip_jax.capfilt.report import ReportBuilder, load_noise_labels
+from blip_jax.files import atomic_open, write_atomic
 
 log = logging.getLogger("blip_jax.capfilt")
 
@@ -247,7 +247,10 @@ def _iter_rows(paths: list[str]) -> Iterator[dict]:
 
 
 def merge_outputs(run: CapfiltRun, workdir: str) -> dict:
-    """Parts -> decisions.jsonl, the bootstrapped dataset, report.json; returns the report."""
+    """Parts -> decisions.jsonl, the bootstrapped dataset, report.json; returns the report. One
+    pass over the merged rows: each row goes to the decisions file and the report as the kept ones
+    are written out, and the report keeps histograms, not the scores, so memory stays flat however
+    many records there are."""
     parts = os.path.join(workdir, PARTS)
     processes = jax.process_count()
     per_process = []
@@ -271,30 +274,38 @@ def merge_outputs(run: CapfiltRun, workdir: str) -> dict:
     if fmt not in ("blip_json", "array_record"):
         raise ValueError(f"output_format must be auto, blip_json or array_record, got {run.output_format!r}")
 
-    write_atomic(os.path.join(workdir, "decisions.jsonl"),
-                  (json.dumps(row, ensure_ascii=False) + "\n" for row in merged()))
+    report_builder = ReportBuilder(load_noise_labels(run.noise_labels) if run.noise_labels else None)
+    with atomic_open(os.path.join(workdir, "decisions.jsonl")) as decisions:
 
-    kept_rows = (r for r in merged() if not r.get("skipped") and kept_texts(r))
-    if fmt == "blip_json":
-        out = []
-        for r in kept_rows:
-            if not r.get("image"):
-                raise ValueError(f"record {r['index']} ({r['image_key']!r}) has no image file: use "
-                                 "output_format='array_record' for sources that hold image bytes")
-            out.append({"image": os.path.abspath(r["image"]), "caption": kept_texts(r)})
-        path = os.path.join(workdir, "bootstrapped.json")
-        write_atomic(path, json.dumps(out, ensure_ascii=False, indent=0))
-        spec = {"name": "capfilt", "format": "blip_json", "paths": [os.path.abspath(path)]}
-    else:
-        from blip_jax.data.convert import write_array_record
+        def kept_rows() -> Iterator[dict]:
+            for row in merged():
+                decisions.write(json.dumps(row, ensure_ascii=False) + "\n")
+                report_builder.add(row)
+                if not row.get("skipped") and kept_texts(row):
+                    yield row
 
-        records = (dict(run.records[r["index"]], captions=kept_texts(r)) for r in kept_rows)
-        written = write_array_record(records, os.path.join(workdir, "bootstrapped"), "bootstrapped")
-        spec = {"name": "capfilt", "format": "array_record", "paths": [os.path.abspath(p) for p in written["files"]]}
+        if fmt == "blip_json":
+            path = os.path.join(workdir, "bootstrapped.json")
+            with atomic_open(path) as out:  # a JSON list streamed one entry a line
+                out.write("[")
+                for i, r in enumerate(kept_rows()):
+                    if not r.get("image"):
+                        raise ValueError(f"record {r['index']} ({r['image_key']!r}) has no image file: use "
+                                         "output_format='array_record' for sources that hold image bytes")
+                    entry = {"image": os.path.abspath(r["image"]), "caption": kept_texts(r)}
+                    out.write(("," if i else "") + "\n" + json.dumps(entry, ensure_ascii=False))
+                out.write("\n]\n")
+            spec = {"name": "capfilt", "format": "blip_json", "paths": [os.path.abspath(path)]}
+        else:
+            from blip_jax.data.convert import write_array_record
+
+            records = (dict(run.records[r["index"]], captions=kept_texts(r)) for r in kept_rows())
+            written = write_array_record(records, os.path.join(workdir, "bootstrapped"), "bootstrapped")
+            spec = {"name": "capfilt", "format": "array_record",
+                    "paths": [os.path.abspath(p) for p in written["files"]]}
     write_atomic(os.path.join(workdir, "bootstrapped.spec.json"), json.dumps(spec, indent=1))
 
-    labels = load_noise_labels(run.noise_labels) if run.noise_labels else None
-    report = summarize(merged(), skips, labels)
+    report = report_builder.result(skips)
     report["source_skips"] = dict(run.source_skips)
     report["output"] = spec
     write_atomic(os.path.join(workdir, "report.json"), json.dumps(report, indent=1))

@@ -1,0 +1,106 @@
+"""The paper-scale configs (configs/pretrain.py, configs/finetune.py) run end to end on a miniature
+copy of the data layouts that data/*.md prepare, with only the model sizes, image sizes and batch
+shrunk by command-line overrides: their mixtures, epochs, schedules, initialisation from a
+pretraining export, evaluations and best-checkpoint selection are the paper configs' own."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from blip_jax.data.synthetic import generate_embedded_dataset
+from blip_jax.train.loop import history_from_jsonl
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def _tiny_model(variant_evals: str = "") -> list[str]:
+    small = [f"--config.model.{tower}.{k}={v}" for tower in ("vision", "text")
+             for k, v in (("hidden_size", 32), ("num_hidden_layers", 1), ("num_attention_heads", 4),
+                          ("intermediate_size", 64))]
+    return [*small, "--config.model.vision.image_size=32", "--config.model.vision.patch_size=8",
+            "--config.model.text.max_position_embeddings=64", "--config.model.image_text_hidden_size=16",
+            "--config.model.dtype=float32", "--config.model.remat=False", "--config.data.image_size=32",
+            "--config.data.batch_size=8", "--config.data.num_workers=0", "--config.data.num_threads=2",
+            "--config.log_every_steps=1",
+            *([f"--config.evals.{variant_evals}.image_size=32"] if variant_evals else [])]
+
+
+def _train(config: str, workdir, *extra) -> subprocess.CompletedProcess:
+    cmd = [sys.executable, "-m", "blip_jax.cli", "train", "--config", os.path.join(ROOT, "configs", config),
+           "--workdir", str(workdir), *extra]
+    out = subprocess.run(cmd, capture_output=True, text=True, timeout=600, cwd=ROOT,
+                         env={**os.environ, "JAX_PLATFORMS": "cpu", "PYTHONUNBUFFERED": "1"})
+    assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-4000:]
+    return out
+
+
+@pytest.fixture(scope="module")
+def layouts(tmp_path_factory):
+    """data/web.md's pretraining root, data/coco.md's COCO root and data/vqa.md's VQA root, filled
+    from the embedded dataset, and a 2-epoch run of configs/pretrain.py on the first."""
+    tmp = tmp_path_factory.mktemp("paper")
+    emb = str(tmp / "emb")
+    generate_embedded_dataset(emb, num_web=48, num_coco_train=8, num_coco_val=4, num_coco_test=4, image_size=32,
+                              vg_questions=4, questions_per_image=2, shard_size=16)
+    pre = tmp / "pretrain"
+    (pre / "annotations").mkdir(parents=True)
+    coco = json.loads(open(os.path.join(emb, "annotations", "pretrain_coco.json")).read())
+    (pre / "annotations" / "coco.json").write_text(json.dumps(coco))
+    (pre / "annotations" / "vg.json").write_text(json.dumps(coco[:5]))
+    for name in ("coco", "vg"):
+        os.symlink(os.path.join(emb, "images"), pre / name)
+    for name in ("cc3m", "cc12m", "sbu"):  # img2dataset shards with their _stats.json files
+        shutil.copytree(os.path.join(emb, "shards"), pre / name)
+    vqa = tmp / "vqa"
+    (vqa / "annotations").mkdir(parents=True)
+    for src, dst in (("vqa_train", "vqa_train"), ("vqa_train", "vqa_val"), ("vg_qa", "vg_qa"),
+                     ("vqa_test", "vqa_test"), ("answer_list", "answer_list")):
+        shutil.copy(os.path.join(emb, "annotations", f"{src}.json"), vqa / "annotations" / f"{dst}.json")
+    os.symlink(os.path.join(emb, "images"), vqa / "coco_images")
+    os.symlink(os.path.join(emb, "images", "web"), vqa / "vg_images")
+
+    run = tmp / "pretrain_run"
+    _train(f"pretrain.py:vit_b_14m,{pre}", run, *_tiny_model(), f"--config.tokenizer.path={emb}/vocab.txt",
+           "--config.model.init.vision_hf=", "--config.model.init.text_hf=", "--config.objective.queue_size=32",
+           "--config.num_epochs=2", "--config.optimizer.schedule.warmup_steps=2")
+    # emb itself is data/coco.md's layout: images/ and annotations/coco_karpathy_{train,val,test}.json
+    return dict(emb=emb, coco=emb, vqa=str(vqa), run=run, coco_entries=len(coco))
+
+
+def test_pretrain_config_runs_epochs_of_the_mixture(layouts):
+    """COCO + VG (BLIP JSON) + CC3M + CC12M + SBU (streamed shards): an epoch is the mixture once,
+    (8 + 5 + 3 x 48) / 8 = 19 steps (with 8 COCO entries), and BLIP's step decay multiplies the
+    learning rate by 0.9 at the epoch boundary."""
+    hist = history_from_jsonl(os.path.join(layouts["run"], "metrics.jsonl"))
+    per_epoch = (layouts["coco_entries"] + 5 + 3 * 48) // 8
+    assert per_epoch == 19 and sorted(hist) == list(range(1, 2 * per_epoch + 1))
+    assert hist[10]["lr"] == pytest.approx(3e-4) and hist[2 * per_epoch]["lr"] == pytest.approx(0.9 * 3e-4)
+    assert all(np.isfinite(h["loss_ita"]) and np.isfinite(h["loss_lm"]) for h in hist.values())
+    for export in ("retrieval", "captioning", "vqa"):
+        assert os.path.exists(os.path.join(layouts["run"], "export", export, "model.safetensors"))
+
+
+@pytest.mark.parametrize("variant,export,metric", [("retrieval_coco", "retrieval", "retrieval/r_mean"),
+                                                   ("caption_coco", "captioning", "caption/CIDEr"),
+                                                   ("vqa", "vqa", "vqa/accuracy")])
+def test_finetune_configs_from_the_pretraining_export(layouts, tmp_path, variant, export, metric):
+    """Each fine-tune starts from the pretraining run's export, evaluates every epoch and, where the
+    config names a best metric, keeps the best checkpoint."""
+    task = variant.split("_")[0]
+    root = layouts["vqa"] if task == "vqa" else layouts["coco"]
+    init = os.path.join(layouts["run"], "export", export)
+    _train(f"finetune.py:{variant},{root},{init}", tmp_path, *_tiny_model(task),
+           f"--config.tokenizer.path={layouts['emb']}/vocab.txt", "--config.num_epochs=2")
+    hist = history_from_jsonl(os.path.join(tmp_path, "metrics.jsonl"))
+    evals = sorted(step for step, h in hist.items() if f"eval/{metric}" in h)
+    last = max(hist)
+    assert len(evals) == 2 and evals[-1] == last and all(np.isfinite(hist[s][f"eval/{metric}"]) for s in evals)
+    best = os.path.join(tmp_path, "checkpoints_best", metric)
+    assert os.path.isdir(best) == (task != "vqa")  # VQA's test split has no local answers upstream

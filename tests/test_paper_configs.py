@@ -104,3 +104,26 @@ def test_finetune_configs_from_the_pretraining_export(layouts, tmp_path, variant
     assert len(evals) == 2 and evals[-1] == last and all(np.isfinite(hist[s][f"eval/{metric}"]) for s in evals)
     best = os.path.join(tmp_path, "checkpoints_best", metric)
     assert os.path.isdir(best) == (task != "vqa")  # VQA's test split has no local answers upstream
+
+
+def test_capfilt_config_reads_a_folder_of_web_shards(layouts, tmp_path):
+    """configs/capfilt.py over data/web.md's CC3M folder (img2dataset shards, read in place), with
+    the pretraining export as captioner and filter: every sample decided, the kept ones written as
+    ArrayRecord shards that a pretraining mixture reads."""
+    from blip_jax.capfilt import cli
+    from blip_jax.data.sources import ArrayRecordRecords
+
+    run = layouts["run"]
+    folder = os.path.join(os.path.dirname(layouts["emb"]), "pretrain", "cc3m")
+    code = cli.main(["--config", os.path.join(ROOT, "configs", f"capfilt.py:{folder}"), "--workdir", str(tmp_path),
+                     f"--config.captioner={run}/export/captioning", f"--config.filter={run}/export/retrieval",
+                     f"--config.tokenizer.path={layouts['emb']}/vocab.txt", "--config.image_size=32",
+                     "--config.batch_size=8", "--config.chunk_batches=2", "--config.num_threads=2",
+                     "--config.sampling.max_length=12", "--config.sampling.min_length=3",
+                     "--config.filtering.threshold=0.3"])
+    assert code == 0
+    report = json.loads((tmp_path / "report.json").read_text())
+    assert report["records"] == report["records_processed"] == 48 and report["source_skips"] == {}
+    assert report["web"]["texts"] == report["synthetic"]["texts"] == 48
+    spec = json.loads((tmp_path / "bootstrapped.spec.json").read_text())
+    assert spec["format"] == "array_record" and len(ArrayRecordRecords(spec["paths"])) == report["images_kept"]

@@ -147,6 +147,19 @@ def test_streamed_shards_have_epochs(emb):
     assert stated.steps_per_epoch == 100
 
 
+def test_web_shards_by_index_shuffle_globally(emb):
+    """random_access: the shards are read by index and shuffled like a map-style source: every
+    sample once per epoch, across shards, in a new order each epoch."""
+    spec = dict(name="web", format="webdataset", paths=[f"{emb}/shards/*.tar"], random_access=True)
+    pipe = P.pretrain_pipeline([spec], FakeTokenizer(), _opts(batch_size=8, host_prefetch=0), image_size=24,
+                               num_epochs=2)
+    assert pipe.num_examples == 48
+    idx = np.concatenate([b["index"] for b in pipe])  # global sample positions over the 3 shards
+    assert sorted(idx[:48]) == sorted(idx[48:]) == list(range(48))
+    assert idx[:48].tolist() != idx[48:].tolist()
+    assert {i // 16 for i in idx[:8]} != {idx[0] // 16}  # the first batch already mixes shards
+
+
 # ------------------------------------------------------------------------------------------ checkpointing
 def test_orbax_checkpoint_restore_mid_epoch_continues_exactly(emb, tmp_path):
     def build():

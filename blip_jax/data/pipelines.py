@@ -78,6 +78,10 @@ class DatasetSpec:
     # webdataset: the samples in all shards, when known; else read from img2dataset's
     # {shard}_stats.json files, else counted by scanning the tar headers (cached)
     num_records: int | None = None
+    # webdataset: read the shards by index (`WebDatasetRecords`: one header scan per shard, cached)
+    # and shuffle globally like a map-style source, instead of streaming them; for shards on disks
+    # with fast random reads
+    random_access: bool = False
 
     def __post_init__(self):
         if self.format not in FORMATS:
@@ -100,6 +104,7 @@ def open_source(spec: DatasetSpec, shard_index: int = 0, shard_count: int = 1, s
     `random_access`: webdataset shards are read by index (`WebDatasetRecords`, header index cached
     in `index_dir`; the process's own shards are indexed first) instead of streamed."""
     fmt = spec.format
+    random_access = random_access or spec.random_access
     if fmt == "blip_json":
         recs = ann.load_pretrain(spec.paths, spec.image_root, source=spec.name)
         return recs, recs.skips
@@ -540,7 +545,8 @@ def train_pipeline(datasets: Sequence[DatasetSpec | dict], processor, opts: Load
     guarded = _Guarded(processor)
     map_branches, iter_branches, weights, num_examples = [], [], [], 0
     for i, spec in enumerate(specs):
-        src, skips = open_source(spec, shard_index, shard_count, opts.seed + 7919 * i, num_epochs)
+        src, skips = open_source(spec, shard_index, shard_count, opts.seed + 7919 * i, num_epochs,
+                                 index_dir=opts.index_dir)
         load_skips.update(skips)
         # An epoch is the whole mixture once (BLIP's concatenated datasets), counted globally and
         # divided evenly, so that every process derives the same steps per epoch.

@@ -8,6 +8,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import uuid
 from collections.abc import Iterable, Iterator
 from typing import IO, Any
 
@@ -15,11 +16,11 @@ from typing import IO, Any
 @contextlib.contextmanager
 def atomic_open(path: str) -> Iterator[IO[str]]:
     """A text file to write `path` through: it replaces `path` when the block ends normally and is
-    removed when the block raises. The temporary name carries the process id, so processes sharing
-    a folder that write the same file (identical contents) do not collide."""
-    tmp = f"{path}.{os.getpid()}.tmp"
+    removed when the block raises. The temporary name is unique (created exclusively), so writers
+    of the same file on several hosts sharing a filesystem never write into one temporary file."""
+    tmp = f"{path}.{uuid.uuid4().hex[:12]}.tmp"
     try:
-        with open(tmp, "w", encoding="utf-8") as f:
+        with open(tmp, "x", encoding="utf-8") as f:
             yield f
         os.replace(tmp, path)
     except BaseException:

@@ -51,7 +51,9 @@ def get_config(arg: str = "retrieval_coco"):
                            image_size=size, batch_size=32, every_n_steps=-1)
         c.best_metric = ""  # test-dev has no local answers: results go to the evaluation server
     else:
-        d = coco_data(root or ("/data/coco" if variant != "retrieval_flickr" else "/data/flickr30k"), task)
+        flickr = variant == "retrieval_flickr"
+        d = coco_data(root or ("/data/flickr30k" if flickr else "/data/coco"), task,
+                      dataset="flickr30k" if flickr else "coco")
         c.data.update(dict(datasets=list(d.datasets), image_size=size, min_scale=0.5, max_len=d.max_len,
                            randaugment=True, hflip=True, num_workers=8))
         val = dict(d.eval_datasets.val)

@@ -127,3 +127,29 @@ def test_capfilt_config_reads_a_folder_of_web_shards(layouts, tmp_path):
     assert report["web"]["texts"] == report["synthetic"]["texts"] == 48
     spec = json.loads((tmp_path / "bootstrapped.spec.json").read_text())
     assert spec["format"] == "array_record" and len(ArrayRecordRecords(spec["paths"])) == report["images_kept"]
+
+
+@pytest.mark.parametrize("variant", ["retrieval_coco", "retrieval_flickr", "caption_coco", "vqa"])
+def test_eval_config_on_each_layout(layouts, tmp_path, variant):
+    """configs/eval.py (the paper's protocols) over each data layout, with the pretraining export as
+    the checkpoint: the metrics the protocol reports, in range."""
+    from blip_jax.evaluation import cli
+
+    kind = variant.split("_")[0]
+    root = {"vqa": layouts["vqa"], "retrieval_flickr": str(tmp_path / "flickr30k")}.get(variant, layouts["coco"])
+    if variant == "retrieval_flickr":  # BLIP's flickr30k_{split}.json have the COCO Karpathy layout
+        os.makedirs(os.path.join(root, "annotations"))
+        os.symlink(os.path.join(layouts["coco"], "images"), os.path.join(root, "images"))
+        shutil.copy(os.path.join(layouts["coco"], "annotations", "coco_karpathy_test.json"),
+                    os.path.join(root, "annotations", "flickr30k_test.json"))
+    code = cli.main(["--config", os.path.join(ROOT, "configs", f"eval.py:{variant},{root}"),
+                     "--checkpoint", os.path.join(layouts["run"], "export"), "--workdir", str(tmp_path / "eval"),
+                     f"--config.tokenizer.path={layouts['emb']}/vocab.txt", f"--config.evals.{kind}.image_size=32"])
+    assert code == 0
+    metrics = json.loads((tmp_path / "eval" / "eval_metrics.json").read_text())
+    expected = {"retrieval": ("txt_r1", "img_r10", "r_mean"), "caption": ("Bleu_4", "CIDEr", "METEOR"),
+                "vqa": ("accuracy",)}[kind]
+    for name in expected:
+        assert 0.0 <= metrics[f"{kind}/{name}"] <= 100.0
+    if kind == "retrieval":
+        assert metrics["retrieval/img_r10"] == 100.0  # 4 test images: every image is in the top 10

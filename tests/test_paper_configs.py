@@ -20,16 +20,16 @@ from blip_jax.train.loop import history_from_jsonl
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-def _tiny_model(variant_evals: str = "") -> list[str]:
+def _tiny_model(variant_evals: str = "", image_size: int = 32) -> list[str]:
     small = [f"--config.model.{tower}.{k}={v}" for tower in ("vision", "text")
              for k, v in (("hidden_size", 32), ("num_hidden_layers", 1), ("num_attention_heads", 4),
                           ("intermediate_size", 64))]
-    return [*small, "--config.model.vision.image_size=32", "--config.model.vision.patch_size=8",
+    return [*small, f"--config.model.vision.image_size={image_size}", "--config.model.vision.patch_size=8",
             "--config.model.text.max_position_embeddings=64", "--config.model.image_text_hidden_size=16",
-            "--config.model.dtype=float32", "--config.model.remat=False", "--config.data.image_size=32",
+            "--config.model.dtype=float32", "--config.model.remat=False", f"--config.data.image_size={image_size}",
             "--config.data.batch_size=8", "--config.data.num_workers=0", "--config.data.num_threads=2",
             "--config.log_every_steps=1",
-            *([f"--config.evals.{variant_evals}.image_size=32"] if variant_evals else [])]
+            *([f"--config.evals.{variant_evals}.image_size={image_size}"] if variant_evals else [])]
 
 
 def _train(config: str, workdir, *extra) -> subprocess.CompletedProcess:
@@ -91,13 +91,15 @@ def test_pretrain_config_runs_epochs_of_the_mixture(layouts):
                                                    ("caption_coco", "captioning", "caption/CIDEr"),
                                                    ("vqa", "vqa", "vqa/accuracy")])
 def test_finetune_configs_from_the_pretraining_export(layouts, tmp_path, variant, export, metric):
-    """Each fine-tune starts from the pretraining run's export, evaluates every epoch and, where the
-    config names a best metric, keeps the best checkpoint."""
+    """Each fine-tune starts from the pretraining run's export at a higher resolution (as BLIP goes
+    from 224 to 384: here 32 -> 48 pixels, 4x4 -> 6x6 patches, the position table resized),
+    evaluates every epoch and, where the config names a best metric, keeps the best checkpoint."""
     task = variant.split("_")[0]
     root = layouts["vqa"] if task == "vqa" else layouts["coco"]
     init = os.path.join(layouts["run"], "export", export)
-    _train(f"finetune.py:{variant},{root},{init}", tmp_path, *_tiny_model(task),
-           f"--config.tokenizer.path={layouts['emb']}/vocab.txt", "--config.num_epochs=2")
+    out = _train(f"finetune.py:{variant},{root},{init}", tmp_path, *_tiny_model(task, image_size=48),
+                 f"--config.tokenizer.path={layouts['emb']}/vocab.txt", "--config.num_epochs=2")
+    assert "resized ViT position embeddings from 4x4 to 6x6 patches" in out.stderr
     hist = history_from_jsonl(os.path.join(tmp_path, "metrics.jsonl"))
     evals = sorted(step for step, h in hist.items() if f"eval/{metric}" in h)
     last = max(hist)

@@ -12,7 +12,7 @@ from flax import nnx
 
 from blip_jax.checkpoints import hf, salesforce
 from blip_jax.checkpoints.io import CheckpointError, read_state_dict, resolve_path
-from blip_jax.configuration import BlipConfig
+from blip_jax.configuration import BlipConfig, BlipVisionConfig
 
 logger = logging.getLogger("blip_jax.checkpoints")
 
@@ -94,12 +94,28 @@ def apply_state_dict(model, state: dict[str, np.ndarray], source: str = "state d
     return LoadingInfo(source, missing, unexpected, ignored)
 
 
+POSITION_TABLE = "vision_model.embeddings.position_embedding"
+
+
+def fit_position_table(state: dict, config) -> dict:
+    """Resize the ViT position table of an HF-keyed `state` to `config`'s image size (bicubic over
+    the patch grid, as the original's interpolate_pos_embed) when the checkpoint was trained at
+    another one: pretraining at 224, fine-tuning at 384."""
+    vision = config.vision_config if isinstance(config, BlipConfig) else config
+    if isinstance(vision, BlipVisionConfig) and POSITION_TABLE in state:
+        state = dict(state)
+        state[POSITION_TABLE] = salesforce.resize_position_table(np.asarray(state[POSITION_TABLE]),
+                                                                  vision.num_patches)
+    return state
+
+
 def read_blip_checkpoint(path_or_hub_id: str, config) -> tuple[dict[str, np.ndarray], str]:
-    """An HF folder / hub id / Salesforce .pth -> (state dict under HF key names, the file read)."""
+    """An HF folder / hub id / Salesforce .pth -> (state dict under HF key names, its ViT position
+    table fitted to `config`, the file read)."""
     state, source = read_state_dict(resolve_path(path_or_hub_id))
     if salesforce.is_salesforce_state_dict(state):
-        state = salesforce.to_hf_state_dict(state, config)
-    return state, source
+        state = salesforce.to_hf_state_dict(state)
+    return fit_position_table(state, config), source
 
 
 def _report(cls, info: LoadingInfo) -> None:
@@ -142,8 +158,8 @@ def load_pretrained(
     config = _load_config(cls, folder, state, config, from_salesforce)
     if dtype is not None or param_dtype is not None:
         config = _with_dtypes(config, dtype, param_dtype)
-    if from_salesforce:
-        state = salesforce.to_hf_state_dict(state, config)
+    if from_salesforce:  # an HF folder's config.json matches its weights; a .pth may meet any config
+        state = fit_position_table(salesforce.to_hf_state_dict(state), config)
     model = cls(config, rngs=nnx.Rngs(seed), **model_kwargs)
     info = apply_state_dict(model, state, source)
     _report(cls, info)

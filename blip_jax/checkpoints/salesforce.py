@@ -74,9 +74,9 @@ def infer_config(state: dict) -> BlipConfig:
     return BlipConfig(text_config=text, vision_config=vision, image_text_hidden_size=embed_dim)
 
 
-def to_hf_state_dict(state: dict, config) -> dict:
-    """Rename Salesforce keys to HF keys; resize the ViT position table to the config's image size
-    (bicubic, as the original's interpolate_pos_embed) when they differ."""
+def to_hf_state_dict(state: dict) -> dict:
+    """Rename Salesforce keys to HF keys (the loader then fits the ViT position table to the model's
+    image size: `loading.fit_position_table`)."""
     out, skipped = {}, []
     for key, value in state.items():
         if _SKIP.match(key):
@@ -91,10 +91,6 @@ def to_hf_state_dict(state: dict, config) -> dict:
     if skipped:
         logger.info("Salesforce checkpoint: skipped %d training-only tensors (momentum encoders, queues, temp)",
                     len(skipped))
-    vision = config.vision_config if isinstance(config, BlipConfig) else config
-    key = "vision_model.embeddings.position_embedding"
-    if isinstance(vision, BlipVisionConfig) and key in out:
-        out[key] = resize_position_table(np.asarray(out[key]), vision.num_patches)
     return out
 
 

@@ -66,10 +66,23 @@ def layouts(tmp_path_factory):
     os.symlink(os.path.join(emb, "images"), vqa / "coco_images")
     os.symlink(os.path.join(emb, "images", "web"), vqa / "vg_images")
 
+    # The paper starts from DeiT-B and bert-base-uncased HF folders: tiny random ones here.
+    transformers = pytest.importorskip("transformers")
+    transformers.DeiTModel(transformers.DeiTConfig(
+        image_size=32, patch_size=8, hidden_size=32, num_hidden_layers=1, num_attention_heads=4,
+        intermediate_size=64)).save_pretrained(tmp / "deit")
+    vocab = len(open(os.path.join(emb, "vocab.txt"), encoding="utf-8").read().split())
+    transformers.BertForMaskedLM(transformers.BertConfig(
+        vocab_size=vocab, hidden_size=32, num_hidden_layers=1, num_attention_heads=4, intermediate_size=64,
+        max_position_embeddings=64)).save_pretrained(tmp / "bert")
+
     run = tmp / "pretrain_run"
-    _train(f"pretrain.py:vit_b_14m,{pre}", run, *_tiny_model(), f"--config.tokenizer.path={emb}/vocab.txt",
-           "--config.model.init.vision_hf=", "--config.model.init.text_hf=", "--config.objective.queue_size=32",
-           "--config.num_epochs=2", "--config.optimizer.schedule.warmup_steps=2")
+    out = _train(f"pretrain.py:vit_b_14m,{pre}", run, *_tiny_model(), f"--config.tokenizer.path={emb}/vocab.txt",
+                 f"--config.model.init.vision_hf={tmp / 'deit'}", f"--config.model.init.text_hf={tmp / 'bert'}",
+                 "--config.objective.queue_size=32", "--config.num_epochs=2",
+                 "--config.optimizer.schedule.warmup_steps=2")
+    assert f"initialised the ViT from {tmp / 'deit'}" in out.stderr
+    assert f"initialised the text encoder/decoder from {tmp / 'bert'}" in out.stderr
     # emb itself is data/coco.md's layout: images/ and annotations/coco_karpathy_{train,val,test}.json
     return dict(emb=emb, coco=emb, vqa=str(vqa), run=run, coco_entries=len(coco))
 

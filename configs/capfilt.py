@@ -7,7 +7,8 @@ The argument is a folder of img2dataset webdataset shards (``*.tar``, read in pl
 scans each shard's headers once, cached in <workdir>/tar_index, then reads records by index) or of
 ArrayRecord shards (``*.array_record``, from `blip-jax data convert`); ``webdataset:<folder>`` or
 ``array_record:<folder>`` say which when a folder holds both. It may be followed by ``,large``. The
-output holds the kept images' bytes (ArrayRecord shards) with their kept captions. The captioner
+output is the kept captions, as records that point at the source's images (format
+capfilt_captions; ``--config.output_format=array_record`` for a copy with the images). The captioner
 is Salesforce/blip-image-captioning-{base,large} (fine-tuned on COCO, as the paper's captioner),
 the filter Salesforce/blip-itm-{base,large}-coco (ITC + ITM fine-tuned on COCO retrieval); both
 are hub ids fetched into huggingface_hub's cache, or give local folders or Salesforce .pth files

@@ -85,5 +85,7 @@ def capfilt_base(captioner: str, filter_: str, data: dict) -> ml_collections.Con
     c.seed = 0
     c.sampling = ml_collections.ConfigDict(dataclasses.asdict(SamplingConfig()))
     c.filtering = ml_collections.ConfigDict(dataclasses.asdict(FilterConfig()))
-    c.output_format = "auto"  # blip_json for sources with image files, else array_record
+    # auto: blip_json for sources with image files, else captions (caption records pointing at the
+    # source's images, no image copy); array_record: a standalone copy with the images
+    c.output_format = "auto"
     return c

@@ -224,8 +224,10 @@ def test_cli_end_to_end_resume_and_changed_config(world, capsys):
 
 
 def test_array_record_source_and_output(world, tmp_path):
-    """An ArrayRecord source (images as bytes, no files) -> an ArrayRecord bootstrapped set whose
-    records carry the kept texts and the original image bytes."""
+    """An ArrayRecord source (images as bytes, no files) -> by default caption records over the
+    source's images (no image copy), read back as full records; with output_format=array_record a
+    standalone set whose records carry the kept texts and the original image bytes."""
+    from blip_jax.data import pipelines as pl
     from blip_jax.data.convert import write_array_record
     from blip_jax.data.sources import ArrayRecordRecords
 
@@ -237,12 +239,24 @@ def test_array_record_source_and_output(world, tmp_path):
     source = "array_record:" + ",".join(written["files"])
     assert _cli(world, work, f"--config.data.source={source}", "--config.data.noise_labels=") == 0
     report = json.loads((work / "report.json").read_text())
-    assert report["output"]["format"] == "array_record" and "noise" not in report
+    assert report["output"]["format"] == "capfilt_captions" and "noise" not in report
     assert report["records"] == 16 and sum(report["records_skipped"].values()) == 2  # truncated, garbage
-    out = ArrayRecordRecords(report["output"]["paths"])
     rows = [json.loads(line) for line in (work / "decisions.jsonl").read_text().splitlines()]
     kept = [r for r in rows if not r.get("skipped") and bootstrap.kept_texts(r)]
     src = ArrayRecordRecords(written["files"])
+    overlay, _ = pl.open_source(pl.DatasetSpec.from_any(report["output"]))
+    assert len(overlay) == len(kept) > 0
+    assert all(r["image"] == b"" for r in ArrayRecordRecords(report["output"]["paths"]))  # captions, no images
+    for i, r in enumerate(kept):
+        assert overlay[i]["captions"] == bootstrap.kept_texts(r) and overlay[i]["image_id"] == r["index"]
+        assert overlay[i]["image"] == src[r["index"]]["image"] and overlay[i]["index"] == i
+
+    standalone = tmp_path / "standalone"
+    assert _cli(world, standalone, f"--config.data.source={source}", "--config.data.noise_labels=",
+                "--config.output_format=array_record") == 0
+    report = json.loads((standalone / "report.json").read_text())
+    assert report["output"]["format"] == "array_record"
+    out = ArrayRecordRecords(report["output"]["paths"])
     assert len(out) == len(kept)
     for i, r in enumerate(kept):
         assert out[i]["captions"] == bootstrap.kept_texts(r)
@@ -255,7 +269,8 @@ def test_webdataset_shards_read_in_place(world, tmp_path, capsys):
     the samples' keys, and an ArrayRecord output holding the shards' image bytes."""
     import tarfile
 
-    from blip_jax.data.sources import ArrayRecordRecords, WebDatasetRecords
+    from blip_jax.data import pipelines as pl
+    from blip_jax.data.sources import WebDatasetRecords
 
     with tarfile.open(os.path.join(world["data"], "shards", "web-00000.tar")) as tar:
         members = [(m, tar.extractfile(m).read()) for m in tar.getmembers()]
@@ -279,12 +294,20 @@ def test_webdataset_shards_read_in_place(world, tmp_path, capsys):
     assert rep_tar["noise"] == rep_file["noise"] and "unlabelled" not in rep_tar["noise"]
     assert rep_tar["source_skips"] == {} and rep_tar["records_skipped"] == {}
 
-    out = ArrayRecordRecords(rep_tar["output"]["paths"])
+    # The bootstrapped set: caption records over the shards' images, which a pretraining mixture
+    # reads through the same header index (no rescan, no image copy).
+    spec = rep_tar["output"]
+    assert spec["format"] == "capfilt_captions" and spec["base"]["index_dir"] == str(tars / "tar_index")
     src = WebDatasetRecords(f"{shards}/*.tar")
     kept = [r for r in by_tar if bootstrap.kept_texts(r)]
-    assert rep_tar["output"]["format"] == "array_record" and len(out) == len(kept) > 0
+    overlay, _ = pl.open_source(pl.DatasetSpec.from_any(spec))
+    assert len(overlay) == len(kept) > 0
     for i, r in enumerate(kept):
-        assert out[i]["captions"] == bootstrap.kept_texts(r) and out[i]["image"] == src[r["index"]]["image"]
+        assert overlay[i]["captions"] == bootstrap.kept_texts(r) and overlay[i]["image"] == src[r["index"]]["image"]
+    pipe = pl.pretrain_pipeline([spec], world["tok"], pl.LoaderOptions(batch_size=2, shard_index=0, shard_count=1,
+                                                                       num_threads=1, host_prefetch=0),
+                                image_size=32, num_epochs=1)
+    assert pipe.num_examples == len(kept) and sum(b["pixel_values"].shape[0] for b in pipe) == len(kept) // 2 * 2
 
     # A shard added to the glob shifts the record indices: the rerun refuses to mix the parts.
     with tarfile.open(shards / "cc-00003.tar", "w") as tar:

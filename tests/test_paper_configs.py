@@ -123,10 +123,10 @@ def test_finetune_configs_from_the_pretraining_export(layouts, tmp_path, variant
 
 def test_capfilt_config_reads_a_folder_of_web_shards(layouts, tmp_path):
     """configs/capfilt.py over data/web.md's CC3M folder (img2dataset shards, read in place), with
-    the pretraining export as captioner and filter: every sample decided, the kept ones written as
-    ArrayRecord shards that a pretraining mixture reads."""
+    the pretraining export as captioner and filter: every sample decided, the kept captions written
+    as records over the shards' images that a pretraining mixture reads."""
     from blip_jax.capfilt import cli
-    from blip_jax.data.sources import ArrayRecordRecords
+    from blip_jax.data import pipelines as pl
 
     run = layouts["run"]
     folder = os.path.join(os.path.dirname(layouts["emb"]), "pretrain", "cc3m")
@@ -141,7 +141,8 @@ def test_capfilt_config_reads_a_folder_of_web_shards(layouts, tmp_path):
     assert report["records"] == report["records_processed"] == 48 and report["source_skips"] == {}
     assert report["web"]["texts"] == report["synthetic"]["texts"] == 48
     spec = json.loads((tmp_path / "bootstrapped.spec.json").read_text())
-    assert spec["format"] == "array_record" and len(ArrayRecordRecords(spec["paths"])) == report["images_kept"]
+    assert spec["format"] == "capfilt_captions" and spec["base"]["paths"] == [os.path.join(folder, "*.tar")]
+    assert len(pl.open_source(pl.DatasetSpec.from_any(spec))[0]) == report["images_kept"]
 
 
 @pytest.mark.parametrize("variant", ["retrieval_coco", "retrieval_flickr", "caption_coco", "vqa"])

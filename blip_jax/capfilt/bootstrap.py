@@ -12,9 +12,11 @@ process 0 merges the parts into:
     decisions.jsonl       one row per record, in record order: the web texts and synthetic texts
                           with p(match) and keep, or {"skipped": true} for an unreadable image
     bootstrapped.json     BLIP pretraining list [{"image": path, "caption": [kept texts]}]
-                          (sources with image files), or bootstrapped-*.array_record (+ meta) with
-                          the images' bytes (output_format "array_record"; needed for ArrayRecord,
-                          webdataset and tfds sources)
+                          (sources with image files); for sources that hold the images (web
+                          shards, ArrayRecord, tfds) bootstrapped-*.array_record caption records
+                          that point at the source's images by index (output_format "captions",
+                          format capfilt_captions: no second copy of the images), or with the
+                          images' bytes copied in (output_format "array_record", standalone)
     bootstrapped.spec.json  the DatasetSpec of that output, for a pretraining config's mixture
     report.json           `report.summarize`
 
@@ -163,9 +165,10 @@ class CapfiltRun:
     seed: int = 0
     num_threads: int = 4
     noise_labels: str = ""  # web_noise.json-style file ("" = none)
-    output_format: str = "auto"  # auto | blip_json | array_record
+    output_format: str = "auto"  # auto | blip_json | captions | array_record
     log_every_chunks: int = 1
     source_skips: dict = dataclasses.field(default_factory=dict)  # lost while opening the source, by reason
+    source_spec: dict | None = None  # the source's DatasetSpec (absolute paths): the captions output's base
 
 
 def decide_batch(run: CapfiltRun, batch: dict, key: jax.Array) -> list[dict]:
@@ -270,9 +273,11 @@ def merge_outputs(run: CapfiltRun, workdir: str) -> dict:
     fmt = run.output_format
     if fmt == "auto":
         first = next((r for r in merged() if not r.get("skipped")), None)
-        fmt = "blip_json" if first is None or first.get("image") else "array_record"
-    if fmt not in ("blip_json", "array_record"):
-        raise ValueError(f"output_format must be auto, blip_json or array_record, got {run.output_format!r}")
+        fmt = "blip_json" if first is None or first.get("image") else "captions"
+    if fmt not in ("blip_json", "captions", "array_record"):
+        raise ValueError(f"output_format must be auto, blip_json, captions or array_record, got {run.output_format!r}")
+    if fmt == "captions" and not run.source_spec:
+        raise ValueError("output_format 'captions' points at the source's images and needs its spec (source_spec)")
 
     report_builder = ReportBuilder(load_noise_labels(run.noise_labels) if run.noise_labels else None)
     with atomic_open(os.path.join(workdir, "decisions.jsonl")) as decisions:
@@ -299,10 +304,17 @@ def merge_outputs(run: CapfiltRun, workdir: str) -> dict:
         else:
             from blip_jax.data.convert import write_array_record
 
-            records = (dict(run.records[r["index"]], captions=kept_texts(r)) for r in kept_rows())
-            written = write_array_record(records, os.path.join(workdir, "bootstrapped"), "bootstrapped")
-            spec = {"name": "capfilt", "format": "array_record",
-                    "paths": [os.path.abspath(p) for p in written["files"]]}
+            out_dir = os.path.join(workdir, "bootstrapped")
+            if fmt == "captions":  # the kept texts and where their image is; the images stay in the source
+                records = ({"index": r["index"], "image_id": r["index"], "image_key": r["image_key"],
+                            "captions": kept_texts(r), "source": "capfilt"} for r in kept_rows())
+                written = write_array_record(records, out_dir, "bootstrapped", images=False)
+                spec = {"name": "capfilt", "format": "capfilt_captions", "base": run.source_spec}
+            else:
+                records = (dict(run.records[r["index"]], captions=kept_texts(r)) for r in kept_rows())
+                written = write_array_record(records, out_dir, "bootstrapped")
+                spec = {"name": "capfilt", "format": "array_record"}
+            spec["paths"] = [os.path.abspath(p) for p in written["files"]]
     write_atomic(os.path.join(workdir, "bootstrapped.spec.json"), json.dumps(spec, indent=1))
 
     report = report_builder.result(skips)
@@ -382,7 +394,20 @@ def build_run(cfg, workdir: str) -> CapfiltRun:
         filtering=filtering, image_size=size, batch_size=batch_size, chunk_batches=int(cfg.chunk_batches),
         seed=int(cfg.seed), num_threads=int(cfg.get("num_threads", 4)), noise_labels=noise,
         output_format=cfg.get("output_format", "auto"), log_every_chunks=int(cfg.get("log_every_chunks", 1)),
-        source_skips=dict(load_skips))
+        source_skips=dict(load_skips), source_spec=_absolute_spec(spec, os.path.join(workdir, "tar_index")))
+
+
+def _absolute_spec(spec, index_dir: str) -> dict:
+    """The source's DatasetSpec as a dict another job can open from anywhere: file paths made
+    absolute, and for web shards the header index this run built."""
+    d = dataclasses.asdict(spec)
+    if d["format"] != "tfds":  # a tfds "path" is the dataset's name
+        d["paths"] = [os.path.abspath(p) for p in d["paths"]]
+    for key in ("image_root", "vg_image_root"):
+        d[key] = os.path.abspath(d[key]) if d.get(key) else d.get(key)
+    if d["format"] == "webdataset":
+        d["index_dir"] = os.path.abspath(index_dir)
+    return d
 
 
 def _source_spec(source, data_root: str | None, image_root: str | None = None) -> dict:

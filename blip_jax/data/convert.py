@@ -27,10 +27,15 @@ def _writer(path: str):
     return ArrayRecordWriter(path, "group_size:1")
 
 
-def iter_serialized(records: Iterable[dict], skips: collections.Counter) -> Iterator[bytes]:
+def iter_serialized(records: Iterable[dict], skips: collections.Counter, images: bool = True) -> Iterator[bytes]:
+    """Records -> serialized bytes (skip markers and unreadable images counted in `skips`);
+    `images` False stores the other fields only."""
     for rec in records:
         if SKIP_KEY in rec:
             skips[rec[SKIP_KEY]] += 1
+            continue
+        if not images:
+            yield serialize_record(dict(rec, image=None, image_path=None))
             continue
         try:
             image = image_bytes_of(rec)
@@ -44,8 +49,9 @@ def iter_serialized(records: Iterable[dict], skips: collections.Counter) -> Iter
 
 
 def write_array_record(records: Iterable[dict], out_dir: str, name: str, records_per_shard: int = 10_000,
-                       num_records: int | None = None) -> dict:
+                       num_records: int | None = None, images: bool = True) -> dict:
     """Writes records -> shards; returns {"files", "num_records", "skipped"} (also in meta.json).
+    `images` False writes the records without image bytes (caption records pointing elsewhere).
 
     With `num_records` unknown the shard count is unknown in advance; files are then renamed
     at the end to the -of-N suffix."""
@@ -53,7 +59,7 @@ def write_array_record(records: Iterable[dict], out_dir: str, name: str, records
     skips: collections.Counter = collections.Counter()
     tmp_files: list[str] = []
     writer, in_shard, total = None, 0, 0
-    for data in iter_serialized(records, skips):
+    for data in iter_serialized(records, skips, images):
         if writer is None or in_shard >= records_per_shard:
             if writer is not None:
                 writer.close()

@@ -45,6 +45,7 @@ from blip_jax.data.records import (
 )
 from blip_jax.data.sources import (
     ArrayRecordRecords,
+    CaptionOverlayRecords,
     TfdsRecords,
     WebDatasetIterDataset,
     WebDatasetRecords,
@@ -54,7 +55,7 @@ from blip_jax.data.text import caption_problem, pre_caption, pre_question
 from blip_jax.data.transforms import EvalImageTransform, RandAugment, TrainImageTransform
 
 log = logging.getLogger(__name__)
-FORMATS = ("blip_json", "coco_karpathy", "vqa", "webdataset", "array_record", "tfds")
+FORMATS = ("blip_json", "coco_karpathy", "vqa", "webdataset", "array_record", "tfds", "capfilt_captions")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -82,6 +83,11 @@ class DatasetSpec:
     # and shuffle globally like a map-style source, instead of streaming them; for shards on disks
     # with fast random reads
     random_access: bool = False
+    # webdataset read by index: where its header index is cached (None: the job's own cache)
+    index_dir: str | None = None
+    # capfilt_captions: `paths` are caption-only ArrayRecord shards whose records point (by index)
+    # at the images of this dataset spec (CapFilt's bootstrapped set over web shards/ArrayRecord)
+    base: dict | None = None
 
     def __post_init__(self):
         if self.format not in FORMATS:
@@ -105,6 +111,7 @@ def open_source(spec: DatasetSpec, shard_index: int = 0, shard_count: int = 1, s
     in `index_dir`; the process's own shards are indexed first) instead of streamed."""
     fmt = spec.format
     random_access = random_access or spec.random_access
+    index_dir = spec.index_dir or index_dir
     if fmt == "blip_json":
         recs = ann.load_pretrain(spec.paths, spec.image_root, source=spec.name)
         return recs, recs.skips
@@ -118,6 +125,11 @@ def open_source(spec: DatasetSpec, shard_index: int = 0, shard_count: int = 1, s
         return recs, recs.skips
     if fmt == "array_record":
         return ArrayRecordRecords(spec.paths, source=spec.name), collections.Counter()
+    if fmt == "capfilt_captions":
+        if not spec.base:
+            raise ValueError(f"dataset {spec.name!r}: capfilt_captions needs `base`, the spec of the image source")
+        base, skips = open_source(DatasetSpec.from_any(spec.base), random_access=True, index_dir=index_dir)
+        return CaptionOverlayRecords(ArrayRecordRecords(spec.paths, source=spec.name), base, spec.name), skips
     if fmt == "tfds":
         src = TfdsRecords(spec.paths[0], spec.split, spec.tfds_data_dir, caption_key=spec.tfds_caption_key,
                           source=spec.name)

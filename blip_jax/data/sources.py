@@ -24,6 +24,7 @@ import grain
 import numpy as np
 
 from blip_jax.data.records import (
+    SKIP_KEY,
     BadRecord,
     deserialize_record,
     make_record,
@@ -386,6 +387,36 @@ def webdataset_record_count(shards: str | Sequence[str], index_dir: str | None =
 
 
 # ---------------------------------------------------------------------------------------------
+# Captions over another source's images (CapFilt's bootstrapped set without an image copy)
+
+
+class CaptionOverlayRecords(grain.sources.RandomAccessDataSource):
+    """Caption records (`captions`: ArrayRecord records without image bytes whose `index` is a
+    position in `base`) read as full records: the image of base[index] with the overlay's
+    captions. CapFilt writes its bootstrapped set so for sources that hold the images (web shards,
+    ArrayRecord), so that the kept set costs its captions, not a second copy of the images."""
+
+    def __init__(self, captions, base, source: str = "capfilt"):
+        self._captions, self._base, self._source = captions, base, source
+
+    def __len__(self) -> int:
+        return len(self._captions)
+
+    def __getitem__(self, index: int) -> dict:
+        entry = self._captions[index]
+        if SKIP_KEY in entry:
+            return entry
+        rec = self._base[int(entry["index"])]
+        if SKIP_KEY in rec:
+            return rec
+        return dict(rec, captions=entry["captions"], source=self._source, index=index,
+                    image_id=int(entry["index"]))
+
+    def __repr__(self) -> str:
+        return f"CaptionOverlayRecords({len(self)} records over {self._base!r})"
+
+
+# ---------------------------------------------------------------------------------------------
 # ArrayRecord
 
 
@@ -401,6 +432,8 @@ class ArrayRecordRecords(grain.sources.RandomAccessDataSource):
         return len(self._ds)
 
     def __getitem__(self, index: int) -> dict:
+        if not 0 <= index < len(self):  # IndexError, so that iteration ends (the reader raises ValueError)
+            raise IndexError(f"record {index} of {len(self)}")
         data = self._ds[index]
         try:
             rec = deserialize_record(data)

@@ -300,6 +300,7 @@ def train(cfg: ml_collections.ConfigDict, workdir: str) -> TrainResult:
         preemption.uninstall()
         checkpointer.wait()
         writer.close()
+        data_iter.close()  # input worker processes and their shared memory go now, not at interpreter exit
     if primary and not stopped_early:
         print_loss_table(history)
         if cfg.get("export_hf", False):

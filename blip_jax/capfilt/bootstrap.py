@@ -43,7 +43,7 @@ import numpy as np
 from blip_jax.capfilt.captioner import Captioner, SamplingConfig, local_mesh
 from blip_jax.capfilt.filter import Filter
 from blip_jax.capfilt.report import ReportBuilder, load_noise_labels
-from blip_jax.files import atomic_open, write_atomic
+from blip_jax.files import atomic_open, write_atomic, write_json_atomic
 
 log = logging.getLogger("blip_jax.capfilt")
 
@@ -135,7 +135,7 @@ def _check_config(workdir: str, cfg_json: dict) -> None:
     path = os.path.join(workdir, CONFIG_FILE)
     if not os.path.exists(path):
         if jax.process_index() == 0:
-            write_atomic(path, json.dumps(cfg_json, indent=1, sort_keys=True))
+            write_json_atomic(path, cfg_json, indent=1, sort_keys=True)
         return
     with open(path, encoding="utf-8") as f:
         saved = json.load(f)
@@ -234,7 +234,7 @@ def process_chunks(run: CapfiltRun, workdir: str, max_chunks: int | None = None,
                 rows[pos] = {"index": int(pos), "image_key": key_, "image": rec.get("image_path"), "skipped": True}
         write_atomic(name + ".jsonl", (json.dumps(rows[i], ensure_ascii=False) + "\n" for i in sorted(rows)))
         meta = {"chunk": chunk, "records": len(positions), "skips": skips, "seconds": round(time.time() - t0, 3)}
-        write_atomic(name + ".meta.json", json.dumps(meta))
+        write_json_atomic(name + ".meta.json", meta)
         done_now += 1
         if run.log_every_chunks and (chunk + 1) % run.log_every_chunks == 0:
             log.info("chunk %d/%d: %d records in %.1fs (%.1f images/s)", chunk + 1, num_chunks, len(positions),
@@ -315,12 +315,12 @@ def merge_outputs(run: CapfiltRun, workdir: str) -> dict:
                 written = write_array_record(records, out_dir, "bootstrapped")
                 spec = {"name": "capfilt", "format": "array_record"}
             spec["paths"] = [os.path.abspath(p) for p in written["files"]]
-    write_atomic(os.path.join(workdir, "bootstrapped.spec.json"), json.dumps(spec, indent=1))
+    write_json_atomic(os.path.join(workdir, "bootstrapped.spec.json"), spec, indent=1)
 
     report = report_builder.result(skips)
     report["source_skips"] = dict(run.source_skips)
     report["output"] = spec
-    write_atomic(os.path.join(workdir, "report.json"), json.dumps(report, indent=1))
+    write_json_atomic(os.path.join(workdir, "report.json"), report, indent=1)
     return report
 
 

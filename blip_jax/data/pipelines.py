@@ -487,8 +487,8 @@ class LoaderOptions:
     # their composition changes every epoch (map-style sources are shuffled globally). Raw records
     # are held (encoded images): about window x 50 KB per reader. 0 = shard order.
     shuffle_window: int = 1000
-    # Where the tar header scans that count streamed shards without img2dataset stats files are
-    # cached (None: not cached).
+    # Where tar header indexes are cached: those that count streamed shards without img2dataset
+    # stats files, and those of shards read by index (None: not cached).
     index_dir: str | None = None
 
     def resolved_shard(self) -> tuple[int, int]:
@@ -504,13 +504,13 @@ class DataPipeline:
     """A built pipeline: `iter(p)` -> SkipCountingIterator of batches."""
 
     dataset: Any  # grain.IterDataset
-    num_examples: int | None  # examples per epoch for this process (the global count / processes)
+    num_examples: int  # examples per epoch for this process (the global count / processes)
     batch_size: int
     load_skips: collections.Counter
 
     @property
-    def steps_per_epoch(self) -> int | None:
-        return None if self.num_examples is None else self.num_examples // self.batch_size
+    def steps_per_epoch(self) -> int:
+        return self.num_examples // self.batch_size
 
     def __iter__(self) -> SkipCountingIterator:
         return iter(self.dataset)

@@ -147,14 +147,11 @@ def train(cfg: ml_collections.ConfigDict, workdir: str) -> TrainResult:
     specs = embedded_specs(cfg.data.datasets, data_root) if cfg.data.embedded else [dict(s) for s in cfg.data.datasets]
     index_dir = None if "://" in workdir else os.path.join(workdir, "tar_index")  # counts of streamed shards
     pipeline = tasks.build_pipeline(cfg, tokenizer, specs, per_process, index_dir=index_dir)
-    steps_per_epoch = pipeline.steps_per_epoch
-    if steps_per_epoch is not None:
-        # Every process reads its own shard: an epoch is over the global dataset.
-        steps_per_epoch = max(1, steps_per_epoch)
-    total_steps = int(cfg.total_steps) or int(cfg.num_epochs * (steps_per_epoch or 0))
+    # The same on every process: an epoch is the global dataset once (streamed shards counted too).
+    steps_per_epoch = max(1, pipeline.steps_per_epoch)
+    total_steps = int(cfg.total_steps) or int(cfg.num_epochs * steps_per_epoch)
     if total_steps <= 0:
-        raise ValueError("set total_steps, or num_epochs with a finite dataset")
-    steps_per_epoch = steps_per_epoch or total_steps
+        raise ValueError("set total_steps or num_epochs")
 
     model = tasks.build_model(cfg, config, cfg.seed)
     # Schedules count optimiser updates; with accumulation one update spans `accum` micro-steps.

@@ -44,6 +44,7 @@ def base_config() -> ml_collections.ConfigDict:
     c.objective = ml_collections.ConfigDict(dict(
         itc_weight=1.0, itm_weight=1.0, lm_weight=1.0, momentum=0.995, alpha=0.4, alpha_ramp_epochs=2.0,
         label_smoothing=0.1, queue_size=57600, use_image_ids=False, prompt="a picture of ",
+        temp_min=0.001, temp_max=0.5,  # the learnable ITC temperature's clamp (BLIP: [0.001, 0.5])
     ))
     # Periodic evaluation (big_vision style): evals.<name> = {type, data, every_n_steps, ...}, see
     # blip_jax/evaluation/cli.py; best_metric (e.g. "retrieval/r_mean") keeps the best checkpoint.

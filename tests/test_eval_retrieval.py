@@ -16,8 +16,9 @@ if __name__ == "__main__":
     os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=8")
 
 import numpy as np  # noqa: E402
+import pytest  # noqa: E402
 
-from blip_jax.evaluation.retrieval import retrieval_metrics  # noqa: E402
+from blip_jax.evaluation.retrieval import pooled_auc, retrieval_metrics  # noqa: E402
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -35,6 +36,16 @@ def blip_itm_eval(score_i2t, score_t2i, txt2img, img2txt):
         ranks[i] = np.where(inds == txt2img[i])[0][0]
     ir = [100.0 * np.mean(ranks < k) for k in (1, 5, 10)]
     return tr, ir
+
+
+def test_pooled_auc_equals_pairwise_count_with_ties():
+    rng = np.random.default_rng(0)
+    scores = rng.integers(0, 6, 200).astype(np.float32)  # many ties
+    positive = rng.random(200) < 0.3
+    p, n = scores[positive][:, None], scores[~positive][None, :]
+    assert pooled_auc(scores, positive) == pytest.approx(np.mean((p > n) + 0.5 * (p == n)), abs=1e-12)
+    assert pooled_auc(np.array([3.0, 1.0, 2.0]), np.array([True, False, False])) == 1.0
+    assert np.isnan(pooled_auc(np.ones(3), np.zeros(3, bool)))
 
 
 def test_metrics_hand_worked():
@@ -173,6 +184,20 @@ def test_rerank_matches_per_query_reference():
     # the ITM term is really there (and large): scores are not the similarities
     fin = np.isfinite(out.score_i2t)
     assert np.abs(out.score_i2t[fin] - sim[fin]).mean() > 0.5
+    # diagnostics: recall from the similarity alone, and ITM / ITC AUCs over the candidates
+    itc = retrieval_metrics(sim, sim.T, txt2img, img2txt)
+    assert {k_: out.metrics[f"itc_{k_}"] for k_ in itc} == pytest.approx(itc)
+    for name, ref, truth in (("i2t", ref_i2t, lambda q, c: c in img2txt[q]),
+                             ("t2i", ref_t2i, lambda q, c: txt2img[q] == c)):
+        s = sim if name == "i2t" else sim.T
+        pos, neg = {"itm": [], "itc": []}, {"itm": [], "itc": []}
+        for q, c in zip(*np.nonzero(np.isfinite(ref))):
+            for kind, value in (("itm", ref[q, c] - s[q, c]), ("itc", s[q, c])):
+                (pos if truth(q, c) else neg)[kind].append(value)
+        for kind in ("itm", "itc"):
+            p, n = np.array(pos[kind])[:, None], np.array(neg[kind])[None, :]
+            want = np.mean((p > n) + 0.5 * (p == n))
+            assert out.metrics[f"{kind}_auc_{name}"] == pytest.approx(want, abs=1e-3), (kind, name)
 
 
 def sharded_check() -> dict:

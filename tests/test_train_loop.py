@@ -129,3 +129,24 @@ def test_streamed_web_shards_train_by_epochs(tmp_path):
     hist = history_from_jsonl(os.path.join(tmp_path, "metrics.jsonl"))
     assert sorted(hist) == list(range(1, 17)) and all(np.isfinite(h["loss_ita"]) for h in hist.values())
     assert not os.path.exists(os.path.join(tmp_path, "tar_index"))  # counted from the stats files, no scan
+
+
+def test_logged_metrics_are_means_over_the_logging_window(reference, tmp_path):
+    """Logging every 3 steps logs the mean of the 3 steps' losses (the last window: 2 steps); the
+    schedule's lr and the temperature are the logging step's own."""
+    ref_dir, _ = reference
+    per_step = history_from_jsonl(os.path.join(ref_dir, "metrics.jsonl"))
+    workdir = tmp_path / "windowed"
+    out = subprocess.run(_cmd(workdir) + ["--config.log_every_steps=3"], env=_env(), capture_output=True, text=True,
+                         timeout=300, cwd=ROOT)
+    assert out.returncode == 0, out.stderr[-3000:]
+    got = history_from_jsonl(os.path.join(workdir, "metrics.jsonl"))
+    assert sorted(got) == [3, 6, 8]
+    for step, window in ((3, (1, 2, 3)), (6, (4, 5, 6)), (8, (7, 8))):
+        for k in KEYS + ("itm_acc",):
+            want = np.mean([per_step[s][k] for s in window])
+            np.testing.assert_allclose(got[step][k], want, rtol=1e-5, atol=1e-6, err_msg=f"step {step} {k}")
+        for k in ("lr", "temp"):
+            np.testing.assert_allclose(got[step][k], per_step[step][k], rtol=1e-6, err_msg=f"step {step} {k}")
+    # the losses of single steps differ, so the means are not the last step's values by accident
+    assert abs(got[3]["loss_lm"] - per_step[3]["loss_lm"]) > 1e-4

@@ -160,3 +160,41 @@ def test_pretrain_step_flops_match_xla_cost_analysis(itm, lm):
     cost = cost[0] if isinstance(cost, list) else cost
     analytic = flops_lib.pretrain_step_flops(cfg, b, length, itm=itm, lm=lm)
     assert 0.9 <= analytic / cost["flops"] <= 1.0, (analytic, cost["flops"])
+
+
+def test_window_sums_and_means_across_a_resume():
+    """The jitted step sums the metrics of each logging window (restarting at multiples of the
+    window) and `window_means` divides by the steps each sum holds, also after a resume mid-window."""
+    import dataclasses
+
+    import jax
+
+    from blip_jax.train.state import TrainState
+    from blip_jax.train.step import jit_step, window_means
+
+    def step_fn(state, batch):
+        s = state.step.astype(jnp.float32)
+        return dataclasses.replace(state, step=state.step + 1), {"loss": s * s, "lr": s + 0.5}
+
+    def run(start, end, window):
+        state = TrainState(step=jnp.asarray(start, jnp.int32), params={}, rest={}, ema=None, queues=None,
+                           opt_state=None, rng=None)
+        buffer = {"loss": jnp.zeros(()), "lr": jnp.zeros(())}
+        f = jit_step(step_fn, metrics_window=window)
+        logged = {}
+        for step in range(start + 1, end + 1):
+            state, buffer = f(state, None, buffer)
+            if step % window == 0 or step == end:
+                logged[step] = window_means({k: float(v) for k, v in jax.device_get(buffer).items()}, step, window,
+                                            start)
+        return logged
+
+    per_step = {s + 1: float(s * s) for s in range(11)}  # step k ran with state.step k - 1
+    for start, want_windows in ((0, {3: [1, 2, 3], 6: [4, 5, 6], 9: [7, 8, 9], 11: [10, 11]}),
+                                (4, {6: [5, 6], 9: [7, 8, 9], 11: [10, 11]})):
+        got = run(start, 11, 3)
+        assert sorted(got) == sorted(want_windows)
+        for step, window in want_windows.items():
+            assert got[step]["loss"] == pytest.approx(np.mean([per_step[s] for s in window]))
+            assert got[step]["lr"] == pytest.approx(step - 1 + 0.5)  # as of the logging step
+    assert run(0, 2, 1) == {1: {"loss": 0.0, "lr": 0.5}, 2: {"loss": 1.0, "lr": 1.5}}

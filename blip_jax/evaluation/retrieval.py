@@ -10,6 +10,12 @@ Protocol (BLIP, COCO/Flickr Karpathy test):
    head over the image-grounded text encoder, plus the similarity); every other entry is -inf;
 4. `retrieval_metrics` turns the two score matrices into recall@{1,5,10}.
 
+Diagnostics beyond BLIP's numbers: the same recalls from the similarity alone (``itc_*``, what the
+rerank starts from) and, among each query's k_test candidates, the AUC of the ITM match logit
+(``itm_auc_i2t`` / ``itm_auc_t2i``) and of the similarity (``itc_auc_*``) for true against false
+pairs. The candidates are the hardest negatives ITC knows, so an ITM AUC above the ITC one is what
+the ITM head adds.
+
 Distribution: images come from `blip_jax.data.pipelines.eval_pipeline` (each process its strided
 share, padded batches with ``mask``/``index``), are assembled into global batches on the mesh and
 then reordered into annotation order (so results do not depend on the device/process count). Texts
@@ -94,6 +100,37 @@ def retrieval_metrics(score_i2t: np.ndarray, score_t2i: np.ndarray, txt2img: Seq
     out["img_r_mean"] = (out["img_r1"] + out["img_r5"] + out["img_r10"]) / 3
     out["r_mean"] = (out["txt_r_mean"] + out["img_r_mean"]) / 2
     return out
+
+
+def _rank_missing_last(score_i2t: np.ndarray, img2txt: Sequence[Sequence[int]], missing: np.ndarray) -> None:
+    """A missing image as query (no feature): its own captions rank last (in place)."""
+    for i in np.nonzero(missing)[0]:
+        score_i2t[i] = 0.0
+        score_i2t[i, list(img2txt[i])] = -np.inf
+
+
+def _scatter_candidates(scores: np.ndarray, idx: np.ndarray, n_cols: int, img2txt=None, missing=None) -> np.ndarray:
+    """(Q, K) candidate scores at columns ``idx`` -> (Q, n_cols) with -inf elsewhere; image queries
+    whose image is ``missing`` rank their captions last."""
+    out = np.full((scores.shape[0], n_cols), -np.inf, np.float32)
+    np.put_along_axis(out, idx, scores, axis=1)
+    if missing is not None:
+        _rank_missing_last(out, img2txt, missing)
+    return out
+
+
+def pooled_auc(scores: np.ndarray, positive: np.ndarray) -> float:
+    """P(a random positive outscores a random negative), ties counting half (Mann-Whitney U), over
+    the flattened ``scores`` float and ``positive`` bool of equal shape; NaN without both kinds."""
+    scores, positive = np.ravel(scores), np.ravel(positive).astype(bool)
+    n_pos = int(positive.sum())
+    n_neg = positive.size - n_pos
+    if n_pos == 0 or n_neg == 0:
+        return float("nan")
+    _, inverse, counts = np.unique(scores, return_inverse=True, return_counts=True)
+    mid_rank = np.cumsum(counts) - (counts - 1) / 2.0  # 1-based rank of each distinct value, ties averaged
+    u = mid_rank[inverse][positive].sum() - n_pos * (n_pos + 1) / 2.0
+    return float(u / (n_pos * n_neg))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -355,17 +392,26 @@ def evaluate_retrieval(
     # ---- score matrices + metrics (host) --------------------------------------------------------
     t0 = time.perf_counter()
     idx_i2t, idx_t2i = to_host(top_i_i2t)[:n_img], to_host(top_i_t2i)[:n_txt]
-    score_i2t = np.full((n_img, n_txt), -np.inf, np.float32)
-    np.put_along_axis(score_i2t, idx_i2t, s_i2t, axis=1)
-    score_t2i = np.full((n_txt, n_img), -np.inf, np.float32)
-    np.put_along_axis(score_t2i, idx_t2i, s_t2i, axis=1)
+    sim = to_host(sim_i2t)[:n_img, :n_txt]
     missing = ~present[:n_img]
-    for i in np.nonzero(missing)[0]:  # a missing image as query: its own captions rank last
-        score_i2t[i] = 0.0
-        score_i2t[i, list(img2txt[i])] = -np.inf
+    score_i2t = _scatter_candidates(s_i2t, idx_i2t, n_txt, img2txt, missing)
+    score_t2i = _scatter_candidates(s_t2i, idx_t2i, n_img)
     metrics = retrieval_metrics(score_i2t, score_t2i, txt2img, img2txt)
+    # The ranking by ITC similarity alone, before the ITM rerank, and how well the ITM "match"
+    # logit and the similarity each separate the true pairs among the k_test candidates (the hard
+    # negatives): together they say whether the ITM head adds anything to ITC.
+    itc_i2t, itc_t2i = sim.copy(), np.where(missing[None, :], -np.inf, sim.T)
+    _rank_missing_last(itc_i2t, img2txt, missing)
+    metrics.update({f"itc_{k}": v for k, v in retrieval_metrics(itc_i2t, itc_t2i, txt2img, img2txt).items()})
+    top_v_i2t, top_v_t2i = to_host(top_v_i2t)[:n_img], to_host(top_v_t2i)[:n_txt]
+    pos_i2t = np.array([np.isin(idx_i2t[i], list(img2txt[i])) for i in range(n_img)]).reshape(idx_i2t.shape)
+    pos_t2i = idx_t2i == np.asarray(txt2img)[:, None]
+    ok_i2t = np.isfinite(top_v_i2t) & ~missing[:, None]
+    ok_t2i = np.isfinite(top_v_t2i)
+    for name, s, v, pos, ok in (("i2t", s_i2t, top_v_i2t, pos_i2t, ok_i2t), ("t2i", s_t2i, top_v_t2i, pos_t2i, ok_t2i)):
+        metrics[f"itm_auc_{name}"] = pooled_auc((s - v)[ok], pos[ok])
+        metrics[f"itc_auc_{name}"] = pooled_auc(v[ok], pos[ok])
     metrics["num_images"], metrics["num_texts"] = float(n_img), float(n_txt)
     metrics["num_images_missing"] = float(missing.sum())
     timings["metrics"] = time.perf_counter() - t0
-    sim = to_host(sim_i2t)[:n_img, :n_txt]
     return RetrievalOutputs(score_i2t, score_t2i, sim, metrics, timings)

@@ -125,6 +125,7 @@ def train(cfg: ml_collections.ConfigDict, workdir: str) -> TrainResult:
         jit_step,
         make_supervised_step,
         make_train_step,
+        window_means,
     )
 
     maybe_initialize_distributed()
@@ -214,9 +215,10 @@ def train(cfg: ml_collections.ConfigDict, workdir: str) -> TrainResult:
     batch_sharding = mesh_lib.batch_sharding(mesh)
     replicated = mesh_lib.replicated(mesh)
     # Each step writes its metrics into the previous step's (donated) metric buffers: no output is
-    # allocated anew, so buffer addresses stay put (see step.jit_step).
+    # allocated anew, so buffer addresses stay put (see step.jit_step). They hold sums over the
+    # logging window, logged as means.
     jitted = jit_step(step_fn, in_shardings=(shardings, batch_sharding, replicated),
-                      out_shardings=(shardings, replicated),
+                      out_shardings=(shardings, replicated), metrics_window=cfg.log_every_steps,
                       compiler_options=train_compiler_options(cfg.xla.command_buffers, cfg.xla.command_buffer_update))
     first_local = next(data_iter)
     first = make_global_batch(first_local, mesh)
@@ -263,6 +265,7 @@ def train(cfg: ml_collections.ConfigDict, workdir: str) -> TrainResult:
                         f"(step {checkpointer.latest_step()}) in {checkpointer.directory} is kept."
                     )
                 if must_log:
+                    scalars = window_means(scalars, step, cfg.log_every_steps, start)
                     now = time.perf_counter()
                     dt = (now - last_log_time) / max(1, step - last_log_step)
                     last_log_time, last_log_step = now, step

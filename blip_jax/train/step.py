@@ -189,21 +189,44 @@ def make_supervised_step(graphdef, tx: optax.GradientTransformation, schedule, l
     return train_step
 
 
-def with_metrics_buffer(step_fn):
+# Reported as of the step that ends a logging window; every other metric is summed over the window
+# (divided by its length on the host, `window_means`), so that a logged loss is the mean of the
+# window's batches, as BLIP's "Averaged stats", not the noise of its last batch.
+INSTANT_METRICS = frozenset({"lr", "temp", "alpha"})
+
+
+def with_metrics_buffer(step_fn, window: int = 1):
     """``step_fn(state, batch) -> (state, metrics)`` as ``step(state, batch, metrics_buffer)``;
-    `jit_step` compiles it with the buffer donated."""
+    `jit_step` compiles it with the buffer donated.
+
+    The buffer is the previous step's output. With ``window`` > 1 the metrics not in
+    INSTANT_METRICS are running sums that restart at every step whose ``state.step`` is a
+    multiple of ``window``: a loop that logs every ``window`` steps reads window sums."""
 
     def step(state, batch, metrics_buffer):
-        del metrics_buffer  # donated only, so that the new metrics are written into it
-        return step_fn(state, batch)
+        new_state, metrics = step_fn(state, batch)
+        if window > 1:
+            restart = state.step % window == 0
+            metrics = {k: v if k in INSTANT_METRICS else jnp.where(restart, v, metrics_buffer[k] + v)
+                       for k, v in metrics.items()}
+        return new_state, metrics
 
     return step
 
 
-def jit_step(step_fn, *, donate_metrics: bool = True, **jit_kwargs):
+def window_means(scalars: dict[str, float], step: int, window: int, start: int) -> dict[str, float]:
+    """Host side of `with_metrics_buffer`: the window sums read after ``step`` steps (a run that
+    started, or resumed, at ``start``) divided by the number of steps they hold."""
+    if window <= 1:
+        return dict(scalars)
+    n = step - max((step - 1) // window * window, start)
+    return {k: v if k in INSTANT_METRICS else v / n for k, v in scalars.items()}
+
+
+def jit_step(step_fn, *, donate_metrics: bool = True, metrics_window: int = 1, **jit_kwargs):
     """``jax.jit`` of ``step(state, batch, metrics_buffer) -> (state, metrics)`` with the state donated
     and, with `donate_metrics`, the buffer too (the previous step's metrics, or
-    `initial_metrics_buffer` for the first step).
+    `initial_metrics_buffer` for the first step); ``metrics_window``: see `with_metrics_buffer`.
 
     With the buffer donated every output reuses an input buffer, so a step allocates no memory for
     its outputs and its buffers keep their addresses from step to step. XLA GPU re-records the
@@ -211,7 +234,7 @@ def jit_step(step_fn, *, donate_metrics: bool = True, **jit_kwargs):
     pretraining step on an H200, with the GPU idle); the metrics were the only outputs allocated
     anew every step. `donate_metrics=False` gives that old behaviour (benchmarks compare the two).
     """
-    return jax.jit(with_metrics_buffer(step_fn), donate_argnums=(0, 2) if donate_metrics else 0,
+    return jax.jit(with_metrics_buffer(step_fn, metrics_window), donate_argnums=(0, 2) if donate_metrics else 0,
                    keep_unused=donate_metrics, **jit_kwargs)
 
 

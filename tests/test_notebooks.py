@@ -2,7 +2,7 @@
 
 The notebooks check their own results with asserts (parity errors, identical generated ids,
 falling losses), so an error in any cell fails the test. The pretraining notebook runs 60 steps
-here instead of its 600 (BLIP_NOTEBOOK_STEPS)."""
+here instead of its 1200 (BLIP_NOTEBOOK_STEPS)."""
 
 from __future__ import annotations
 

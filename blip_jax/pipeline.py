@@ -25,7 +25,9 @@ from blip_jax.files import write_json_atomic
 log = logging.getLogger("blip_jax.pipeline")
 
 DONE = "STAGE_DONE"
-SUMMARY_METRICS = ("retrieval/txt_r1", "retrieval/img_r1", "retrieval/r_mean", "caption/CIDEr", "vqa/accuracy")
+# retrieval/itc_r_mean: the same ranking by ITC alone, so the ITM rerank's share shows
+SUMMARY_METRICS = ("retrieval/txt_r1", "retrieval/img_r1", "retrieval/r_mean", "retrieval/itc_r_mean", "caption/CIDEr",
+                   "vqa/accuracy")
 
 
 def stage_argv(stage, workdir: str) -> list[str]:
@@ -91,9 +93,9 @@ def summary(cfg, workdir: str, seconds: dict[str, float]) -> str:
             with open(path) as f:
                 evals[stage["name"]] = json.load(f)
     if evals:
-        lines.append(f"{'':24s}" + "".join(f"{m:>20s}" for m in SUMMARY_METRICS))
+        lines.append(f"{'':24s}" + "".join(f"{m:>22s}" for m in SUMMARY_METRICS))
         for name, m in evals.items():
-            lines.append(f"{name:24s}" + "".join(f"{m[k]:20.3f}" if k in m else f"{'-':>20s}" for k in SUMMARY_METRICS))
+            lines.append(f"{name:24s}" + "".join(f"{m[k]:22.3f}" if k in m else f"{'-':>22s}" for k in SUMMARY_METRICS))
     for stage in cfg.stages:
         path = os.path.join(workdir, stage["name"], "report.json")
         if stage["command"] == "capfilt" and os.path.exists(path):

@@ -143,10 +143,12 @@ def test_logged_metrics_are_means_over_the_logging_window(reference, tmp_path):
     got = history_from_jsonl(os.path.join(workdir, "metrics.jsonl"))
     assert sorted(got) == [3, 6, 8]
     for step, window in ((3, (1, 2, 3)), (6, (4, 5, 6)), (8, (7, 8))):
-        for k in KEYS + ("itm_acc",):
+        for k in KEYS + ("itm_acc", "itm_pos_acc", "itm_neg_acc"):
             want = np.mean([per_step[s][k] for s in window])
             np.testing.assert_allclose(got[step][k], want, rtol=1e-5, atol=1e-6, err_msg=f"step {step} {k}")
         for k in ("lr", "temp"):
             np.testing.assert_allclose(got[step][k], per_step[step][k], rtol=1e-6, err_msg=f"step {step} {k}")
+    for rec in per_step.values():  # one positive and two negatives (all valid here) per image
+        assert rec["itm_acc"] == pytest.approx((rec["itm_pos_acc"] + 2 * rec["itm_neg_acc"]) / 3, abs=1e-6)
     # the losses of single steps differ, so the means are not the last step's values by accident
     assert abs(got[3]["loss_lm"] - per_step[3]["loss_lm"]) > 1e-4

@@ -93,7 +93,12 @@ def blip_losses(model, batch, image_feat_m, text_feat_m, queues, rng, alpha, ocf
         weights = jnp.concatenate([jnp.ones(b), negs["valid_image_for_text"], negs["valid_text_for_image"]])
         loss_itm = obj.itm_loss(logits, labels, weights.astype(jnp.float32))
         metrics["loss_itm"] = loss_itm
-        metrics["itm_acc"] = jnp.sum((logits.argmax(-1) == labels) * weights) / jnp.sum(weights)
+        pred = logits.argmax(-1)
+        correct = (pred == labels) * weights
+        metrics["itm_acc"] = jnp.sum(correct) / jnp.sum(weights)
+        # ITM stuck at its prior (every pair called unmatched, loss ~0.637) shows as itm_pos_acc 0
+        metrics["itm_pos_acc"] = jnp.mean((pred[:b] == 1).astype(jnp.float32))
+        metrics["itm_neg_acc"] = jnp.sum(correct[b:]) / jnp.maximum(jnp.sum(weights[b:]), 1.0)
         total += ocfg.itm_weight * loss_itm
 
     if ocfg.lm_weight:

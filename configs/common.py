@@ -38,7 +38,9 @@ def base_config() -> ml_collections.ConfigDict:
         # True: torchvision's RandomResizedCrop exactly (full-size PIL decode + bicubic); False:
         # DCT-scaled decode + OpenCV area resize, 1.8x the images/s per input core
         exact_crops=False,
-        # streamed (webdataset) records are shuffled in windows of this many (0: shard order)
+        # each input worker shuffles its stream of webdataset records in windows of this many
+        # (~50 MB of encoded images), so batches change company every epoch; map-style sources
+        # (COCO, VG) are shuffled globally. 0: shard order
         shuffle_window=1000,
     ))
     c.objective = ml_collections.ConfigDict(dict(

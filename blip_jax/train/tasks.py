@@ -87,8 +87,8 @@ def build_pipeline(cfg, tokenizer, specs: list[dict], per_process_batch: int, in
 
     d = cfg.data
     opts = pl.LoaderOptions(batch_size=per_process_batch, seed=cfg.seed, num_workers=d.num_workers,
-                            num_threads=d.num_threads, shuffle_window=d.get("shuffle_window", 1000),
-                            index_dir=index_dir)
+                            num_threads=d.num_threads, index_dir=index_dir,
+                            shuffle_window=d.get("shuffle_window", pl.LoaderOptions.shuffle_window))
     common = dict(image_size=d.image_size, min_scale=d.min_scale, hflip=d.hflip, randaugment=d.randaugment,
                   exact_crops=d.get("exact_crops", False))
     task = check_task(cfg.task)

@@ -278,7 +278,13 @@ def test_step_outputs_all_reuse_donated_buffers():
     import optax
 
     from blip_jax.train.state import create_train_state, split_model
-    from blip_jax.train.step import ObjectiveConfig, initial_metrics_buffer, jit_step, make_train_step
+    from blip_jax.train.step import (
+        ObjectiveConfig,
+        initial_metrics_buffer,
+        jit_step,
+        make_train_step,
+        with_metrics_buffer,
+    )
 
     gd, params, rest, mgd, ema = split_model(BlipPretrain(tiny_config(), rngs=nnx.Rngs(0)))
     tx = optax.adamw(1e-3)
@@ -293,7 +299,7 @@ def test_step_outputs_all_reuse_donated_buffers():
     compiled = jit_step(step_fn).lower(state, batch, buffer).compile()
     header = compiled.as_text().split("\n", 1)[0]
     aliases = re.findall(r"\{(\d+)\}: \((\d+), \{\}, may-alias\)", header)
-    n_out = len(jax.tree.leaves(jax.eval_shape(step_fn, state, batch)))
+    n_out = len(jax.tree.leaves(jax.eval_shape(with_metrics_buffer(step_fn), state, batch, buffer)))
     assert len(aliases) == n_out and len({o for o, _ in aliases}) == n_out
     state, metrics = compiled(state, batch, buffer)
     assert all(leaf.is_deleted() for leaf in jax.tree.leaves(buffer))  # written in place

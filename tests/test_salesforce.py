@@ -60,15 +60,18 @@ def test_retrieval_pth_matches_hf(tmp_path):
         assert np.max(np.abs(a.itm_score.numpy() - np.asarray(b.itm_score))) <= 1e-4
 
 
-def test_caption_pth_resizes_position_table_like_torch(tmp_path):
+@pytest.mark.parametrize("source", ["salesforce_pth", "hf_folder"])
+def test_checkpoint_resizes_position_table_like_torch(tmp_path, source):
     """A 224-px pretraining checkpoint fine-tuned at 384 px: the original bicubically resizes
-    pos_embed on load; here a 30-px (15x15) table goes to 38 px (19x19)."""
+    pos_embed on load; here a 30-px (15x15) table goes to 38 px (19x19), from a .pth and from an
+    HF folder given a config at the new size."""
     ref, folder = build_hf("BlipForConditionalGeneration", tmp_path, seed=4)
     pth = tmp_path / "model_base_caption.pth"
     torch.save({"model": as_salesforce(ref.state_dict())}, pth)
     config = blip_jax.BlipConfig.from_pretrained(folder)
     config.vision_config.image_size = 38
-    ours = blip_jax.BlipForConditionalGeneration.from_pretrained(pth, config=config)
+    ours = blip_jax.BlipForConditionalGeneration.from_pretrained(pth if source == "salesforce_pth" else folder,
+                                                                 config=config)
     pos = ref.vision_model.embeddings.position_embedding.detach()
     grid = pos[:, 1:].reshape(1, 15, 15, 32).permute(0, 3, 1, 2)
     want = torch.nn.functional.interpolate(grid, size=(19, 19), mode="bicubic", align_corners=False)

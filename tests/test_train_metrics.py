@@ -170,7 +170,7 @@ def test_window_sums_and_means_across_a_resume():
     import jax
 
     from blip_jax.train.state import TrainState
-    from blip_jax.train.step import jit_step, window_means
+    from blip_jax.train.step import WINDOW_STEPS, jit_step, window_means
 
     def step_fn(state, batch):
         s = state.step.astype(jnp.float32)
@@ -179,14 +179,13 @@ def test_window_sums_and_means_across_a_resume():
     def run(start, end, window):
         state = TrainState(step=jnp.asarray(start, jnp.int32), params={}, rest={}, ema=None, queues=None,
                            opt_state=None, rng=None)
-        buffer = {"loss": jnp.zeros(()), "lr": jnp.zeros(())}
+        buffer = {"loss": jnp.zeros(()), "lr": jnp.zeros(()), WINDOW_STEPS: jnp.zeros((), jnp.int32)}
         f = jit_step(step_fn, metrics_window=window)
         logged = {}
         for step in range(start + 1, end + 1):
             state, buffer = f(state, None, buffer)
             if step % window == 0 or step == end:
-                logged[step] = window_means({k: float(v) for k, v in jax.device_get(buffer).items()}, step, window,
-                                            start)
+                logged[step] = window_means({k: float(v) for k, v in jax.device_get(buffer).items()})
         return logged
 
     per_step = {s + 1: float(s * s) for s in range(11)}  # step k ran with state.step k - 1

@@ -109,13 +109,18 @@ def fit_position_table(state: dict, config) -> dict:
     return state
 
 
-def read_blip_checkpoint(path_or_hub_id: str, config) -> tuple[dict[str, np.ndarray], str]:
-    """An HF folder / hub id / Salesforce .pth -> (state dict under HF key names, its ViT position
-    table fitted to `config`, the file read)."""
-    state, source = read_state_dict(resolve_path(path_or_hub_id))
+def as_hf_state(state: dict, config) -> dict:
+    """A state dict under HF or Salesforce key names -> HF key names, the ViT position table fitted
+    to `config` (a no-op for an HF state dict at its own config's image size)."""
     if salesforce.is_salesforce_state_dict(state):
         state = salesforce.to_hf_state_dict(state)
-    return fit_position_table(state, config), source
+    return fit_position_table(state, config)
+
+
+def read_blip_checkpoint(path_or_hub_id: str, config) -> tuple[dict[str, np.ndarray], str]:
+    """An HF folder / hub id / Salesforce .pth -> (`as_hf_state` of its state dict, the file read)."""
+    state, source = read_state_dict(resolve_path(path_or_hub_id))
+    return as_hf_state(state, config), source
 
 
 def _report(cls, info: LoadingInfo) -> None:
@@ -158,8 +163,8 @@ def load_pretrained(
     config = _load_config(cls, folder, state, config, from_salesforce)
     if dtype is not None or param_dtype is not None:
         config = _with_dtypes(config, dtype, param_dtype)
-    if from_salesforce:  # an HF folder's config.json matches its weights; a .pth may meet any config
-        state = fit_position_table(salesforce.to_hf_state_dict(state), config)
+    # A .pth, or an HF folder given another `config=`, may meet any image size.
+    state = as_hf_state(state, config)
     model = cls(config, rngs=nnx.Rngs(seed), **model_kwargs)
     info = apply_state_dict(model, state, source)
     _report(cls, info)

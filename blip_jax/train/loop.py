@@ -265,7 +265,7 @@ def train(cfg: ml_collections.ConfigDict, workdir: str) -> TrainResult:
                         f"(step {checkpointer.latest_step()}) in {checkpointer.directory} is kept."
                     )
                 if must_log:
-                    scalars = window_means(scalars, step, cfg.log_every_steps, start)
+                    scalars = window_means(scalars)
                     now = time.perf_counter()
                     dt = (now - last_log_time) / max(1, step - last_log_step)
                     last_log_time, last_log_step = now, step

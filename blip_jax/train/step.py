@@ -198,18 +198,23 @@ def make_supervised_step(graphdef, tx: optax.GradientTransformation, schedule, l
 # (divided by its length on the host, `window_means`), so that a logged loss is the mean of the
 # window's batches, as BLIP's "Averaged stats", not the noise of its last batch.
 INSTANT_METRICS = frozenset({"lr", "temp", "alpha"})
+# The buffer entry that counts the steps its sums hold, so the host never re-derives the window
+# rule (a run resumed mid-window holds fewer).
+WINDOW_STEPS = "window_steps"
 
 
 def with_metrics_buffer(step_fn, window: int = 1):
     """``step_fn(state, batch) -> (state, metrics)`` as ``step(state, batch, metrics_buffer)``;
     `jit_step` compiles it with the buffer donated.
 
-    The buffer is the previous step's output. With ``window`` > 1 the metrics not in
-    INSTANT_METRICS are running sums that restart at every step whose ``state.step`` is a
-    multiple of ``window``: a loop that logs every ``window`` steps reads window sums."""
+    The buffer is the previous step's output plus int32 ``WINDOW_STEPS``. With ``window`` > 1 the
+    metrics not in INSTANT_METRICS are running sums that restart at every step whose
+    ``state.step`` is a multiple of ``window``: a loop that logs every ``window`` steps reads
+    window sums, and `window_means` turns them into means."""
 
     def step(state, batch, metrics_buffer):
         new_state, metrics = step_fn(state, batch)
+        metrics = {**metrics, WINDOW_STEPS: jnp.ones((), jnp.int32)}
         if window > 1:
             restart = state.step % window == 0
             metrics = {k: v if k in INSTANT_METRICS else jnp.where(restart, v, metrics_buffer[k] + v)
@@ -219,13 +224,11 @@ def with_metrics_buffer(step_fn, window: int = 1):
     return step
 
 
-def window_means(scalars: dict[str, float], step: int, window: int, start: int) -> dict[str, float]:
-    """Host side of `with_metrics_buffer`: the window sums read after ``step`` steps (a run that
-    started, or resumed, at ``start``) divided by the number of steps they hold."""
-    if window <= 1:
-        return dict(scalars)
-    n = step - max((step - 1) // window * window, start)
-    return {k: v if k in INSTANT_METRICS else v / n for k, v in scalars.items()}
+def window_means(scalars: dict[str, float]) -> dict[str, float]:
+    """Host side of `with_metrics_buffer`: its sums (as Python numbers) divided by the
+    ``WINDOW_STEPS`` they hold; the count itself is dropped."""
+    n = scalars.get(WINDOW_STEPS, 1)
+    return {k: v if k in INSTANT_METRICS else v / n for k, v in scalars.items() if k != WINDOW_STEPS}
 
 
 def jit_step(step_fn, *, donate_metrics: bool = True, metrics_window: int = 1, **jit_kwargs):
@@ -244,6 +247,7 @@ def jit_step(step_fn, *, donate_metrics: bool = True, metrics_window: int = 1, *
 
 
 def initial_metrics_buffer(step_fn, state, batch, sharding=None) -> dict:
-    """Zeros shaped like ``step_fn``'s metrics (placed with `sharding`): the first step's buffer."""
-    shapes = jax.eval_shape(step_fn, state, batch)[1]
+    """Zeros shaped like the metrics of ``step_fn`` wrapped by `with_metrics_buffer` (placed with
+    `sharding`): the first step's buffer."""
+    shapes = {**jax.eval_shape(step_fn, state, batch)[1], WINDOW_STEPS: jax.ShapeDtypeStruct((), jnp.int32)}
     return jax.jit(lambda: jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), shapes), out_shardings=sharding)()

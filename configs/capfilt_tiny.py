@@ -31,7 +31,7 @@ def get_config(arg: str = ""):
         os.path.join(pretrain_dir.rstrip("/") + "_caption", "export", "captioning"),
         os.path.join(pretrain_dir.rstrip("/") + "_retrieval", "export", "retrieval"),
         dict(embedded=True, embedded_dir=os.path.join(pretrain_dir, "data"), source="embedded:web",
-             noise_labels="embedded",
+             noise_labels="embedded", scenes="embedded",
              embedded_sizes=dict(num_web=2000, num_coco_train=400, num_coco_val=50, num_coco_test=50, image_size=96)))
     c.sampling.min_length = 5  # BLIP's 10 is longer than the embedded captions ("a red circle at the top left")
     if smoke:

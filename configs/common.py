@@ -78,7 +78,8 @@ def capfilt_base(captioner: str, filter_: str, data: dict) -> ml_collections.Con
     c = ml_collections.ConfigDict()
     c.captioner, c.filter = captioner, filter_
     c.tokenizer = ml_collections.ConfigDict(dict(path=""))  # "": the embedded vocabulary, else the captioner's files
-    c.data = ml_collections.ConfigDict(dict(dict(embedded=False, image_root="", noise_labels=""), **data))
+    # noise_labels / scenes: ground truth for the report ("embedded": the embedded dataset's files)
+    c.data = ml_collections.ConfigDict(dict(dict(embedded=False, image_root="", noise_labels="", scenes=""), **data))
     c.dtype = ""  # "bfloat16" on accelerators
     c.image_size = 0  # 0: the captioner's
     c.batch_size = 64

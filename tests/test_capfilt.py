@@ -18,7 +18,7 @@ from blip_jax.capfilt import bootstrap, cli
 from blip_jax.capfilt.bootstrap import FilterConfig, decide
 from blip_jax.capfilt.captioner import Captioner, SamplingConfig
 from blip_jax.capfilt.filter import Filter
-from blip_jax.capfilt.report import load_noise_labels, summarize
+from blip_jax.capfilt.report import format_report, load_noise_labels, summarize
 from blip_jax.configuration import BlipConfig, BlipTextConfig, BlipVisionConfig
 from blip_jax.data import annotations as ann
 from blip_jax.data.synthetic import generate_embedded_dataset
@@ -138,6 +138,33 @@ def test_report_numbers():
     assert sweep["0.1"] == {"web_kept": 0.75, "clean_kept": 1.0, "noisy_removed": 0.5}  # p == 0.1 is dropped
     assert "records_skipped_unaccounted" not in r
     assert summarize(rows, {})["records_skipped_unaccounted"] == 1
+
+
+def test_report_against_the_scenes():
+    """With the images' scenes the report says which web and synthetic texts were true of their
+    image, and how many of the kept ones are (the bootstrapped data's precision)."""
+    red = {"objects": [{"shape": "circle", "color": "red", "size": "small", "row": "top", "col": "left"}]}
+    blue = {"objects": [{"shape": "square", "color": "blue", "size": "large", "row": "middle", "col": "center"}]}
+    rows = [
+        {"index": 0, "image_key": "a", "web": [{"text": "a red disc", "p_match": 0.9, "keep": True}],
+         "synthetic": [{"text": "a red square", "p_match": 0.8, "keep": True},
+                       {"text": "a small red circle", "p_match": 0.7, "keep": True}]},
+        {"index": 1, "image_key": "b", "web": [{"text": "image", "p_match": 0.1, "keep": False}],
+         "synthetic": [{"text": "a blue box in the center", "p_match": 0.3, "keep": False}]},
+        {"index": 2, "image_key": "c", "web": [{"text": "a red circle", "p_match": 0.6, "keep": True}],
+         "synthetic": [{"text": "a blue square", "p_match": 0.2, "keep": False}]},
+        {"index": 3, "image_key": "nowhere", "web": [{"text": "a red circle", "p_match": 0.6, "keep": True}],
+         "synthetic": []},
+    ]
+    r = summarize(rows, {}, scenes={"a": red, "b": blue, "c": blue})
+    t = r["truth"]
+    assert t["web"] == {"texts": 3, "true": 1, "kept": 2, "kept_true": 1, "true_fraction": 0.3333,
+                        "kept_true_fraction": 0.5, "true_kept_fraction": 1.0}
+    assert t["synthetic"] == {"texts": 4, "true": 3, "kept": 2, "kept_true": 1, "true_fraction": 0.75,
+                              "kept_true_fraction": 0.5, "true_kept_fraction": 0.3333}
+    assert t["kept_true_fraction"] == 0.5 and t["records_without_scene"] == 1
+    assert "true of their scene: web texts 33.3%, synthetic 75.0%; kept texts 50.0%" in format_report(r)
+    assert "truth" not in summarize(rows, {})
 
 
 def test_score_histogram_equals_the_full_lists():

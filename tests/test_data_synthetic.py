@@ -149,3 +149,69 @@ def test_rendered_objects_are_visible_where_the_scene_says():
         x = int((COLS.index(o["col"]) + 0.5) * 32)
         assert np.abs(img[y, x] - np.asarray(COLORS[o["color"]])).max() <= 20, (o, img[y, x])
     assert np.abs(img[48, 48] - 230).max() <= 25  # the empty centre cell is background
+
+
+# ---------------------------------------------------------------------------------------------
+# Ground truth: parse_caption / caption_is_true / caption_checks
+
+
+def test_every_generated_caption_is_true_of_its_scene_and_corrupted_ones_are_not():
+    from blip_jax.data.synthetic import caption_is_true, corrupt_scene, describe, junk_caption, sample_scene
+
+    for i in range(300):
+        rng = np.random.default_rng([3, i])
+        scene = sample_scene(rng)
+        captions = [describe(scene, rng) for _ in range(6)]
+        assert all(caption_is_true(c, scene) for c in captions), (scene, captions)
+        # one object's colour or shape changed: the caption names another set of groups
+        assert not caption_is_true(describe(corrupt_scene(scene, rng), rng), scene)
+        assert not caption_is_true(junk_caption(rng), scene)
+
+
+def test_caption_checks_by_hand():
+    from blip_jax.data.synthetic import caption_checks, parse_caption, scene_truth_metrics
+
+    one = {"objects": [{"shape": "circle", "color": "red", "size": "small", "row": "top", "col": "left"}]}
+    two = {"objects": [{"shape": "circle", "color": "red", "size": "large", "row": "top", "col": "left"},
+                       {"shape": "circle", "color": "red", "size": "small", "row": "middle", "col": "center"},
+                       {"shape": "square", "color": "blue", "size": "small", "row": "bottom", "col": "center"}]}
+    checks = ("in_grammar", "colors", "shapes", "objects", "true")
+
+    def passed(caption, scene):
+        return {k for k, v in caption_checks(caption, scene).items() if v}
+
+    assert passed("a red disc", one) == set(checks)
+    assert passed("a picture of a small red circle in the top left corner", one) == set(checks)
+    assert passed("A small red circle at the top left.", one) == set(checks)  # as pre_caption reads it
+    assert passed("a large red circle", one) == set(checks) - {"true"}  # wrong size
+    assert passed("a red circle in the center", one) == set(checks) - {"true"}  # wrong place
+    assert passed("a blue circle", one) == {"in_grammar", "shapes"}
+    assert passed("a red square", one) == {"in_grammar", "colors"}
+    assert passed("an image with two shapes: a red circle", one) == set(checks) - {"true"}  # wrong count
+    assert passed("two red discs and a blue box at the bottom", two) == set(checks)
+    assert passed("there are two red round shapes and a small blue square near the bottom", two) == set(checks)
+    assert passed("a red circle and a blue square", two) == {"in_grammar", "colors", "shapes"}  # one red circle too few
+    assert passed("two red circles", two) == {"in_grammar"}  # the blue square is missing
+    assert passed("a simple drawing of two red circles and a blue square in the", two) == set()  # cut off
+    assert passed("click here to buy", one) == set()
+    assert parse_caption("an image with three shapes: two red circles and a blue box.") == {
+        "objects": 3, "groups": [{"color": "red", "shape": "circle", "count": 2, "size": None, "cell": None},
+                                 {"color": "blue", "shape": "square", "count": 1, "size": None, "cell": None}]}
+    m = scene_truth_metrics([("a red disc", one), ("a blue circle", one), ("image", one), ("two red circles", two)])
+    assert m == {"in_grammar": 0.75, "colors": 0.25, "shapes": 0.5, "objects": 0.25, "true_of_scene": 0.25,
+                 "scene_checked": 4.0}
+    assert scene_truth_metrics([]) == {"scene_checked": 0.0}
+
+
+def test_load_scenes_keys_web_images_by_path_and_shard_key(gen):
+    from blip_jax.data.synthetic import caption_is_true, load_scenes
+
+    root, _ = gen
+    scenes = load_scenes(f"{root}/scenes.json")
+    raw = json.load(open(f"{root}/scenes.json"))
+    assert scenes["000000003"] == raw["web/web_000000003.jpg"] and len(scenes) == len(raw) + 40
+    noise = json.load(open(f"{root}/annotations/web_noise.json"))
+    # the noise labels and the scenes agree: clean captions are true, corrupted and junk ones false
+    assert all(caption_is_true(n["caption"], scenes[n["key"]]) for n in noise if n["noise_type"] == "clean")
+    assert not any(caption_is_true(n["caption"], scenes[n["image"]]) for n in noise
+                   if n["noise_type"] in ("wrong_attribute", "junk"))

@@ -12,7 +12,7 @@ from flax import nnx
 
 from blip_jax import BlipForConditionalGeneration, BlipForImageTextRetrieval, BlipForQuestionAnswering
 from blip_jax.configuration import BlipConfig, BlipTextConfig, BlipVisionConfig
-from blip_jax.data.synthetic import generate_embedded_dataset
+from blip_jax.data.synthetic import generate_embedded_dataset, scene_truth_metrics
 from blip_jax.evaluation import cli
 from blip_jax.processing.tokenization import WordPieceTokenizer
 
@@ -57,6 +57,12 @@ def test_eval_cli_all_evaluators(tmp_path):
     test = json.loads((data / "annotations/coco_karpathy_test.json").read_text())
     assert sorted(c["image_id"] for c in caps) == sorted(int(e["image"].split("_")[-1][:-4]) for e in test)
     assert all(isinstance(c["caption"], str) and not c["caption"].startswith("a picture of") for c in caps)
+    # the embedded world's ground truth: each caption checked against its image's scene
+    scenes = json.loads((data / "scenes.json").read_text())
+    by_id = {int(e["image"].split("_")[-1][:-4]): scenes[e["image"]] for e in test}
+    want = scene_truth_metrics((c["caption"], by_id[c["image_id"]]) for c in caps)
+    assert want["scene_checked"] == 6
+    assert {k: metrics[f"caption/{k}"] for k in want} == want
     answers = json.loads((work / "vqa_results.json").read_text())
     qids = [e["question_id"] for e in json.loads((data / "annotations/vqa_test.json").read_text())]
     assert [a["question_id"] for a in answers] == qids

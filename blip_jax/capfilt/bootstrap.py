@@ -43,6 +43,7 @@ import numpy as np
 from blip_jax.capfilt.captioner import Captioner, SamplingConfig, local_mesh
 from blip_jax.capfilt.filter import Filter
 from blip_jax.capfilt.report import ReportBuilder, load_noise_labels
+from blip_jax.data.synthetic import load_scenes
 from blip_jax.files import atomic_open, write_atomic, write_json_atomic
 
 log = logging.getLogger("blip_jax.capfilt")
@@ -165,6 +166,7 @@ class CapfiltRun:
     seed: int = 0
     num_threads: int = 4
     noise_labels: str = ""  # web_noise.json-style file ("" = none)
+    scenes: str = ""  # the embedded world's scenes.json: which texts are true of their image ("" = none)
     output_format: str = "auto"  # auto | blip_json | captions | array_record
     log_every_chunks: int = 1
     source_skips: dict = dataclasses.field(default_factory=dict)  # lost while opening the source, by reason
@@ -279,7 +281,8 @@ def merge_outputs(run: CapfiltRun, workdir: str) -> dict:
     if fmt == "captions" and not run.source_spec:
         raise ValueError("output_format 'captions' points at the source's images and needs its spec (source_spec)")
 
-    report_builder = ReportBuilder(load_noise_labels(run.noise_labels) if run.noise_labels else None)
+    report_builder = ReportBuilder(load_noise_labels(run.noise_labels) if run.noise_labels else None,
+                                   load_scenes(run.scenes) if run.scenes else None)
     with atomic_open(os.path.join(workdir, "decisions.jsonl")) as decisions:
 
         def kept_rows() -> Iterator[dict]:
@@ -380,9 +383,11 @@ def build_run(cfg, workdir: str) -> CapfiltRun:
     if filter_model.config.vision_config.image_size != size:
         raise ValueError(f"the captioner and the filter see the same pixels: image_size {size}, but the filter "
                          f"({cfg.filter}) was configured for {filter_model.config.vision_config.image_size}")
-    noise = cfg.data.get("noise_labels", "")
+    noise, scenes = cfg.data.get("noise_labels", ""), cfg.data.get("scenes", "")
     if noise == "embedded":
         noise = os.path.join(data_root, "annotations", "web_noise.json") if data_root else ""
+    if scenes == "embedded":
+        scenes = os.path.join(data_root, "scenes.json") if data_root else ""
     filtering = FilterConfig.from_dict(cfg.filtering)
     mesh = local_mesh()
     devices = mesh.devices.size
@@ -392,7 +397,7 @@ def build_run(cfg, workdir: str) -> CapfiltRun:
         captioner=Captioner(captioner_model, tokenizer, SamplingConfig.from_dict(cfg.sampling), mesh=mesh),
         filter=Filter(filter_model, tokenizer, max_words=filtering.max_words, max_len=filtering.max_len, mesh=mesh),
         filtering=filtering, image_size=size, batch_size=batch_size, chunk_batches=int(cfg.chunk_batches),
-        seed=int(cfg.seed), num_threads=int(cfg.get("num_threads", 4)), noise_labels=noise,
+        seed=int(cfg.seed), num_threads=int(cfg.get("num_threads", 4)), noise_labels=noise, scenes=scenes,
         output_format=cfg.get("output_format", "auto"), log_every_chunks=int(cfg.get("log_every_chunks", 1)),
         source_skips=dict(load_skips), source_spec=_absolute_spec(spec, os.path.join(workdir, "tar_index")))
 

@@ -1,6 +1,8 @@
-"""What a CapFilt run did: counts, match-probability quantiles, and (when the web captions carry
-ground-truth noise labels, as the embedded dataset's do) how well the filter separated noisy from
-clean web captions.
+"""What a CapFilt run did: counts, match-probability quantiles, and, where there is ground truth,
+how right the filter was: with noise labels for the web captions (the embedded dataset's
+web_noise.json), how well it separated noisy from clean ones; with the scenes of the images (the
+embedded world's scenes.json), which web and synthetic texts were true of their image, and how
+many of the kept texts are.
 
 Decision rows are those `bootstrap.decide` writes (decisions.jsonl)."""
 
@@ -97,8 +99,10 @@ class ScoreHistogram:
 class ReportBuilder:
     """`summarize`, one decision row at a time (`add`), so that a merge streams its rows once."""
 
-    def __init__(self, noise_labels: dict[tuple[str, str], str] | None = None):
+    def __init__(self, noise_labels: dict[tuple[str, str], str] | None = None, scenes: dict[str, dict] | None = None):
         self.noise_labels = noise_labels
+        self.scenes = scenes  # image key -> scene (blip_jax.data.synthetic.load_scenes)
+        self.truth: dict[str, collections.Counter] = collections.defaultdict(collections.Counter)
         self.n = collections.Counter()
         self.web, self.synthetic = ScoreHistogram(), ScoreHistogram()
         self.web_clean, self.web_noisy = ScoreHistogram(), ScoreHistogram()  # scored web texts by label
@@ -110,6 +114,7 @@ class ReportBuilder:
             n["records_skipped"] += 1
             return
         n["records"] += 1
+        self._count_truth(row)
         kept = 0
         for t in row["web"]:
             n["web_texts"] += 1
@@ -138,6 +143,24 @@ class ReportBuilder:
             kept += t["keep"]
         n["images_kept" if kept else "images_without_text"] += 1
 
+    def _count_truth(self, row: dict) -> None:
+        """Per source (web / synthetic): texts, those true of the image's scene, kept, kept and true."""
+        scene = None if self.scenes is None else self.scenes.get(row["image_key"])
+        if scene is None:
+            if self.scenes is not None:
+                self.truth["no_scene"]["records"] += 1
+            return
+        from blip_jax.data.synthetic import caption_is_true
+
+        for source in ("web", "synthetic"):
+            c = self.truth[source]
+            for t in row[source]:
+                true = caption_is_true(t["text"], scene)
+                c["texts"] += 1
+                c["true"] += true
+                c["kept"] += t["keep"]
+                c["kept_true"] += t["keep"] and true
+
     def result(self, skips: dict[str, int] | None = None) -> dict:
         n = self.n
         report = {
@@ -161,6 +184,8 @@ class ReportBuilder:
             auc = ScoreHistogram.auc(self.web_clean, self.web_noisy)
             if auc is not None:
                 report["noise"]["auc_clean_vs_noisy"] = round(auc, 4)
+        if self.scenes is not None:
+            report["truth"] = _truth_scores(self.truth)
         return report
 
     def _threshold_sweep(self) -> dict:
@@ -178,9 +203,9 @@ class ReportBuilder:
 
 
 def summarize(rows: Iterable[dict], skips: dict[str, int] | None = None,
-              noise_labels: dict[tuple[str, str], str] | None = None) -> dict:
+              noise_labels: dict[tuple[str, str], str] | None = None, scenes: dict[str, dict] | None = None) -> dict:
     """Decision rows (+ skipped-record counts by reason) -> the report dict (report.json)."""
-    builder = ReportBuilder(noise_labels)
+    builder = ReportBuilder(noise_labels, scenes)
     for row in rows:
         builder.add(row)
     return builder.result(skips)
@@ -204,6 +229,28 @@ def _noise_scores(by_noise: dict[str, collections.Counter]) -> dict:
         out["noisy_removed_fraction"] = round(removed_noisy / noisy["texts"], 4)
     if removed_noisy + removed_clean:
         out["removal_precision"] = round(removed_noisy / (removed_noisy + removed_clean), 4)
+    return out
+
+
+def _truth_scores(truth: dict[str, collections.Counter]) -> dict:
+    """The counts of `ReportBuilder._count_truth` with the fractions that matter: how many texts of
+    each source were true (the data before filtering), how many of the kept ones are (the
+    bootstrapped data), and how many true texts the filter let through."""
+    out = {}
+    for source in ("web", "synthetic"):
+        c = truth.get(source, collections.Counter())
+        row = {k: c[k] for k in ("texts", "true", "kept", "kept_true")}
+        if c["texts"]:
+            row["true_fraction"] = round(c["true"] / c["texts"], 4)
+        if c["kept"]:
+            row["kept_true_fraction"] = round(c["kept_true"] / c["kept"], 4)
+        if c["true"]:
+            row["true_kept_fraction"] = round(c["kept_true"] / c["true"], 4)
+        out[source] = row
+    kept = out["web"]["kept"] + out["synthetic"]["kept"]
+    if kept:
+        out["kept_true_fraction"] = round((out["web"]["kept_true"] + out["synthetic"]["kept_true"]) / kept, 4)
+    out["records_without_scene"] = truth.get("no_scene", collections.Counter())["records"]
     return out
 
 
@@ -233,4 +280,12 @@ def format_report(report: dict) -> str:
         lines.append("other thresholds (clean kept / noisy removed): " + ", ".join(
             f"{t}: {v['clean_kept']:.0%}/{v['noisy_removed']:.0%}" for t, v in sweep.items()
             if "clean_kept" in v and "noisy_removed" in v))
+    truth = report.get("truth")
+    if truth and "kept_true_fraction" in truth:
+        w, s = truth["web"], truth["synthetic"]
+        frac = lambda d, k: f"{d[k]:.1%}" if k in d else "-"  # noqa: E731
+        lines.append(f"true of their scene: web texts {frac(w, 'true_fraction')}, synthetic "
+                     f"{frac(s, 'true_fraction')}; kept texts {truth['kept_true_fraction']:.1%} (web "
+                     f"{frac(w, 'kept_true_fraction')}, synthetic {frac(s, 'kept_true_fraction')}); true texts kept: "
+                     f"web {frac(w, 'true_kept_fraction')}, synthetic {frac(s, 'true_kept_fraction')}")
     return "\n".join(lines)

@@ -123,15 +123,19 @@ def render_scene(scene: dict, size: int, rng: np.random.Generator) -> Image.Imag
     return Image.fromarray(np.clip(small + noise, 0, 255).astype(np.uint8))
 
 
-def position_phrase(o: dict, rng: np.random.Generator) -> str:
-    row, col = o["row"], o["col"]
+def position_phrases(row: str, col: str) -> tuple[str, ...]:
+    """Every phrase a caption may use for the grid cell (row, col)."""
     if row == "middle" and col == "center":
-        return str(rng.choice(["in the center", "in the middle"]))
+        return ("in the center", "in the middle")
     if row == "middle":
-        return str(rng.choice([f"on the {col}", f"on the {col} side"]))
+        return (f"on the {col}", f"on the {col} side")
     if col == "center":
-        return str(rng.choice([f"at the {row}", f"near the {row}"]))
-    return str(rng.choice([f"in the {row} {col} corner", f"at the {row} {col}"]))
+        return (f"at the {row}", f"near the {row}")
+    return (f"in the {row} {col} corner", f"at the {row} {col}")
+
+
+def position_phrase(o: dict, rng: np.random.Generator) -> str:
+    return str(rng.choice(position_phrases(o["row"], o["col"])))
 
 
 def _noun(shape: str, rng, plural: bool = False) -> str:
@@ -177,6 +181,88 @@ def describe(scene: dict, rng: np.random.Generator) -> str:
     return f"a simple drawing of {body}."
 
 
+# ---------------------------------------------------------------------------------------------
+# Ground truth: does a caption describe a scene?
+#
+# The world's captions follow one grammar (`describe`): a template around a list of object
+# groups, each "a/an [size] colour noun [position]" or "two/three colour nouns", naming every
+# group of the scene. Parsing it back gives an exact check of any caption against any scene: of
+# a model's generated captions (are they true?), and of the pairs ITM is trained on (is a
+# "hard negative" really a mismatch?).
+
+_WORDS = {v: k for k, v in NUMBERS.items()}
+_NOUNS = {w: shape for shape, words in SYNONYMS.items() for w in words}
+_PLURAL_NOUNS = {PLURAL[w]: shape for w, shape in _NOUNS.items()}
+_CELLS = {phrase: (row, col) for row in ROWS for col in COLS for phrase in position_phrases(row, col)}
+
+
+def _alternatives(words) -> str:
+    return "|".join(re.escape(w) for w in sorted(words, key=len, reverse=True))
+
+
+_COLOR = f"(?P<color>{_alternatives(COLORS)})"
+_SINGLE = re.compile(rf"an? (?:(?P<size>small|large) )?{_COLOR} (?P<noun>{_alternatives(_NOUNS)})"
+                     rf"(?: (?P<pos>{_alternatives(_CELLS)}))?")
+_GROUP = re.compile(rf"(?P<count>{_alternatives(_WORDS)}) {_COLOR} (?P<nouns>{_alternatives(_PLURAL_NOUNS)})")
+# (the template's shape count or None, the body), as `describe` writes them after pre_caption
+_TEMPLATES = (re.compile(r"an image with (?P<n>one|two|three) shapes? (?P<body>.+)"),
+              re.compile(r"a picture of (?P<body>.+)"), re.compile(r"a simple drawing of (?P<body>.+)"),
+              re.compile(r"there (?:is|are) (?P<body>.+)"), re.compile(r"(?P<body>.+) on a plain background"),
+              re.compile(r"(?P<body>.+)"))
+
+
+def parse_caption(caption: str) -> dict | None:
+    """A caption of this world -> {"objects": n or None, "groups": [{color, shape, count, size,
+    cell}]} (size / cell None where the caption does not say), or None when it is not in the
+    world's grammar (web junk, a garbled generation)."""
+    text = pre_caption(caption)
+    for template in _TEMPLATES:
+        m = template.fullmatch(text)
+        if m is None:
+            continue
+        groups = []
+        for item in re.split(r", | and ", m["body"]):
+            single, group = _SINGLE.fullmatch(item), _GROUP.fullmatch(item)
+            if single:
+                groups.append({"color": single["color"], "shape": _NOUNS[single["noun"]], "count": 1,
+                               "size": single["size"], "cell": _CELLS.get(single["pos"])})
+            elif group:
+                groups.append({"color": group["color"], "shape": _PLURAL_NOUNS[group["nouns"]],
+                               "count": _WORDS[group["count"]], "size": None, "cell": None})
+            else:
+                groups = None
+                break
+        if groups:
+            return {"objects": _WORDS[m["n"]] if "n" in m.groupdict() else None, "groups": groups}
+    return None
+
+
+def caption_is_true(caption: str | dict | None, scene: dict) -> bool:
+    """Whether ``caption`` (text, or `parse_caption`'s result) truly and completely describes
+    ``scene``: the same (colour, shape) groups with the same counts, and every size and position
+    it states right. Captions outside the grammar are not true of any scene."""
+    parsed = parse_caption(caption) if isinstance(caption, str) else caption
+    if parsed is None:
+        return False
+    objects = scene["objects"]
+    if parsed["objects"] is not None and parsed["objects"] != len(objects):
+        return False
+    members: dict[tuple[str, str], list[dict]] = {}
+    for o in objects:
+        members.setdefault((o["color"], o["shape"]), []).append(o)
+    named = [(g["color"], g["shape"]) for g in parsed["groups"]]
+    if len(set(named)) != len(named) or set(named) != set(members):
+        return False
+    for g in parsed["groups"]:
+        group = members[(g["color"], g["shape"])]
+        if g["count"] != len(group):
+            return False
+        if g["count"] == 1 and ((g["size"] and g["size"] != group[0]["size"])
+                                or (g["cell"] and g["cell"] != (group[0]["row"], group[0]["col"]))):
+            return False
+    return True
+
+
 def corrupt_scene(scene: dict, rng: np.random.Generator) -> dict:
     """A copy with one attribute of one object changed (for 'partially wrong' captions)."""
     out = json.loads(json.dumps(scene))
@@ -190,6 +276,59 @@ def corrupt_scene(scene: dict, rng: np.random.Generator) -> dict:
 
 def junk_caption(rng: np.random.Generator) -> str:
     return str(rng.choice(JUNK)).format(n=int(rng.integers(100, 99999)))
+
+
+def caption_checks(caption: str, scene: dict) -> dict[str, bool]:
+    """What a caption gets right about a scene: ``in_grammar`` (parses), ``colors`` / ``shapes``
+    (it names exactly the scene's colours / shapes), ``objects`` (exactly its (colour, shape)
+    groups with their counts) and ``true`` (`caption_is_true`: all that, and every size and
+    position it states)."""
+    parsed = parse_caption(caption)
+    if parsed is None:
+        return dict.fromkeys(("in_grammar", "colors", "shapes", "objects", "true"), False)
+    objects = scene["objects"]
+    counts: dict[tuple[str, str], int] = {}
+    for o in objects:
+        counts[(o["color"], o["shape"])] = counts.get((o["color"], o["shape"]), 0) + 1
+    named: dict[tuple[str, str], int] = {}
+    for g in parsed["groups"]:
+        named[(g["color"], g["shape"])] = named.get((g["color"], g["shape"]), 0) + g["count"]
+    return {"in_grammar": True,
+            "colors": {g["color"] for g in parsed["groups"]} == {o["color"] for o in objects},
+            "shapes": {g["shape"] for g in parsed["groups"]} == {o["shape"] for o in objects},
+            "objects": named == counts,
+            "true": caption_is_true(parsed, scene)}
+
+
+def scene_truth_metrics(pairs) -> dict[str, float]:
+    """(caption, scene) pairs -> the fraction of captions passing each of `caption_checks`, as
+    ``<check>`` keys (``true_of_scene`` for ``true``), plus ``scene_checked`` (how many pairs)."""
+    totals: dict[str, int] = {}
+    n = 0
+    for caption, scene in pairs:
+        n += 1
+        for k, v in caption_checks(caption, scene).items():
+            totals[k] = totals.get(k, 0) + v
+    out = {("true_of_scene" if k == "true" else k): v / n for k, v in totals.items()} if n else {}
+    return {**out, "scene_checked": float(n)}
+
+
+_WEB_FILE = re.compile(r"web/web_(\d{9})\.jpg")
+
+
+def load_scenes(path: str) -> dict[str, dict]:
+    """scenes.json -> {image path relative to images/: scene}, plus {shard key: scene} for the web
+    images (their records carry the img2dataset key when read from the tar shards)."""
+    with open(path, encoding="utf-8") as f:
+        scenes = json.load(f)
+    if not isinstance(scenes, dict):
+        raise ValueError(f"{path}: expected {{image path: scene}}, got {type(scenes).__name__}")
+    out = dict(scenes)
+    for rel, scene in scenes.items():
+        m = _WEB_FILE.fullmatch(rel)
+        if m:
+            out[_web_key(int(m[1]))] = scene
+    return out
 
 
 # ---------------------------------------------------------------------------------------------
@@ -285,6 +424,11 @@ def _web_key(i: int) -> str:
     return f"{i:09d}"
 
 
+def _web_path(i: int) -> str:
+    """Web image i relative to images/ (`load_scenes` reads the index back)."""
+    return f"web/web_{i:09d}.jpg"
+
+
 def generate_embedded_dataset(out_dir: str, config: SyntheticConfig | None = None, **overrides) -> dict:
     """Writes the embedded dataset to `out_dir` (see module docstring); returns the manifest."""
     cfg = dataclasses.replace(config or SyntheticConfig(), **overrides)
@@ -301,7 +445,7 @@ def generate_embedded_dataset(out_dir: str, config: SyntheticConfig | None = Non
     for i in range(cfg.num_web):
         rng = np.random.default_rng([cfg.seed, 1, i])
         scene = sample_scene(rng)
-        rel = f"web/web_{i:09d}.jpg"
+        rel = _web_path(i)
         data = _jpeg(render_scene(scene, cfg.image_size, rng), cfg.jpeg_quality)
         with open(os.path.join(img_root, rel), "wb") as f:
             f.write(data)

@@ -189,9 +189,13 @@ def _gather_processes(tokens: np.ndarray, index: np.ndarray, to_host):
 
 def evaluate_captioning(model, image_batches: Iterable[dict], records: Sequence[dict], tokenizer, workdir: str, *,
                         ground_truth=None, name: str = "caption", step: int | None = None, spice: bool = False,
-                        **generate_kwargs) -> dict[str, float]:
+                        scene_of=None, **generate_kwargs) -> dict[str, float]:
     """Generate, write ``<workdir>/<name>_results[_step<N>].json`` (+ the ground truth if built from
-    `records`), score, write ``<name>_metrics[...].json``; returns the metrics."""
+    `records`), score, write ``<name>_metrics[...].json``; returns the metrics.
+
+    ``scene_of(record)`` -> the image's ground-truth scene (the embedded world's) or None: with it
+    the metrics also say how many captions are true of their image, and name the right colours and
+    shapes (blip_jax.data.synthetic.scene_truth_metrics), which n-gram overlap cannot tell."""
     import jax
 
     ids = [coco_image_id(r) for r in records]
@@ -200,6 +204,12 @@ def evaluate_captioning(model, image_batches: Iterable[dict], records: Sequence[
     suffix = "" if step is None else f"_step{step}"
     metrics = score_captions(results, gt, spice=spice)
     metrics["num_images"] = float(len(results))
+    if scene_of is not None:
+        from blip_jax.data.synthetic import scene_truth_metrics
+
+        scenes = {i: scene_of(r) for i, r in zip(ids, records)}
+        metrics.update(scene_truth_metrics((r["caption"], scenes[r["image_id"]]) for r in results
+                                           if scenes.get(r["image_id"]) is not None))
     if jax.process_index() == 0:
         os.makedirs(workdir, exist_ok=True)
         write_json_atomic(os.path.join(workdir, f"{name}_results{suffix}.json"), results, indent=1)

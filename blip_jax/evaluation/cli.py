@@ -114,6 +114,7 @@ def run_evals(config_evals, models: dict, tokenizer, mesh, workdir: str, *, step
             metrics = evaluate_captioning(
                 model, pl.eval_pipeline(list(records), opts, image_size=image_size), records, tokenizer, workdir,
                 ground_truth=ev.get("ground_truth") or None, name=name, step=step, spice=bool(ev.get("spice", False)),
+                scene_of=_embedded_scenes(ev["data"], data_root),
                 prompt=ev.get("prompt", PROMPT), num_beams=int(ev.get("num_beams", 3)),
                 max_length=int(ev.get("max_length", 20)), min_length=int(ev.get("min_length", 5)))
         else:
@@ -134,6 +135,19 @@ def run_evals(config_evals, models: dict, tokenizer, mesh, workdir: str, *, step
         log.info("eval %s (%s): %s", name, kind, {k: round(v, 4) for k, v in metrics.items()})
         out.update({f"{name}/{k}": float(v) for k, v in metrics.items()})
     return out
+
+
+def _embedded_scenes(data, data_root: str | None):
+    """For "embedded:<split>" eval data whose dataset has scenes.json: record -> its image's scene."""
+    if not (isinstance(data, str) and data.startswith("embedded:") and data_root):
+        return None
+    path = os.path.join(data_root, "scenes.json")
+    if not os.path.exists(path):
+        return None
+    from blip_jax.data.synthetic import load_scenes
+
+    scenes, images = load_scenes(path), os.path.join(data_root, "images")
+    return lambda record: scenes.get(os.path.relpath(record["image_path"], images))
 
 
 def _write(workdir: str, name: str, step: int | None, metrics: dict, extra: dict | None = None) -> None:

@@ -25,9 +25,11 @@ from blip_jax.files import write_json_atomic
 log = logging.getLogger("blip_jax.pipeline")
 
 DONE = "STAGE_DONE"
-# retrieval/itc_r_mean: the same ranking by ITC alone, so the ITM rerank's share shows
+# retrieval/itc_r_mean: the same ranking by ITC alone, so the ITM rerank's share shows;
+# caption/true_of_scene and caption/shapes: the captions checked against the embedded world's
+# scenes (blip_jax.data.synthetic.caption_checks), which CIDEr cannot tell apart
 SUMMARY_METRICS = ("retrieval/txt_r1", "retrieval/img_r1", "retrieval/r_mean", "retrieval/itc_r_mean", "caption/CIDEr",
-                   "vqa/accuracy")
+                   "caption/true_of_scene", "caption/colors", "caption/shapes", "vqa/accuracy")
 
 
 def stage_argv(stage, workdir: str) -> list[str]:
@@ -92,10 +94,12 @@ def summary(cfg, workdir: str, seconds: dict[str, float]) -> str:
         if stage["command"] == "eval" and os.path.exists(path):
             with open(path) as f:
                 evals[stage["name"]] = json.load(f)
-    if evals:
-        lines.append(f"{'':24s}" + "".join(f"{m:>22s}" for m in SUMMARY_METRICS))
-        for name, m in evals.items():
-            lines.append(f"{name:24s}" + "".join(f"{m[k]:22.3f}" if k in m else f"{'-':>22s}" for k in SUMMARY_METRICS))
+    if evals:  # one row a metric, one column an evaluation
+        width = max(12, *(len(name) + 2 for name in evals))
+        lines.append(f"{'':24s}" + "".join(f"{name:>{width}s}" for name in evals))
+        for k in SUMMARY_METRICS:
+            lines.append(f"{k:24s}" + "".join(f"{m[k]:{width}.3f}" if k in m else f"{'-':>{width}s}"
+                                              for m in evals.values()))
     for stage in cfg.stages:
         path = os.path.join(workdir, stage["name"], "report.json")
         if stage["command"] == "capfilt" and os.path.exists(path):

@@ -215,3 +215,32 @@ def test_load_scenes_keys_web_images_by_path_and_shard_key(gen):
     assert all(caption_is_true(n["caption"], scenes[n["key"]]) for n in noise if n["noise_type"] == "clean")
     assert not any(caption_is_true(n["caption"], scenes[n["image"]]) for n in noise
                    if n["noise_type"] in ("wrong_attribute", "junk"))
+
+
+def test_attribute_swaps_give_false_captions_of_one_changed_attribute():
+    """swap_attribute (benchmarks/embedded_probes.py) changes exactly one attribute of one object; a
+    caption stating sizes and positions is then true of the changed scene and false of the original."""
+    from blip_jax.data.synthetic import ATTRIBUTES, caption_is_true, describe, sample_scene, swap_attribute
+
+    fields = {"color": {"color"}, "shape": {"shape"}, "size": {"size"}, "position": {"row", "col"}}
+    swaps = 0
+    for i in range(200):
+        rng = np.random.default_rng([5, i])
+        scene = sample_scene(rng)
+        for attribute in ATTRIBUTES:
+            bad = swap_attribute(scene, attribute, rng)
+            if bad is None:  # size and position are only stated for objects alone in their group
+                assert attribute in ("size", "position")
+                assert all(sum((p["color"], p["shape"]) == (o["color"], o["shape"]) for p in scene["objects"]) > 1
+                           for o in scene["objects"])
+                continue
+            changed = [(a, b) for a, b in zip(scene["objects"], bad["objects"]) if a != b]
+            assert len(changed) == 1
+            assert {k for k in changed[0][0] if changed[0][0][k] != changed[0][1][k]} <= fields[attribute]
+            true, false = (describe(s, np.random.default_rng([9, i]), with_size=True, with_pos=True)
+                           for s in (scene, bad))
+            assert caption_is_true(true, scene) and caption_is_true(false, bad) and not caption_is_true(false, scene)
+            swaps += 1
+    assert swaps > 600
+    with pytest.raises(ValueError, match="attribute"):
+        swap_attribute(scene, "texture", rng)

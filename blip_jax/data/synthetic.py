@@ -143,14 +143,18 @@ def _noun(shape: str, rng, plural: bool = False) -> str:
     return PLURAL[word] if plural else word
 
 
-def describe(scene: dict, rng: np.random.Generator) -> str:
-    """One varied, truthful caption of `scene`."""
+def describe(scene: dict, rng: np.random.Generator, with_size: bool | None = None,
+             with_pos: bool | None = None) -> str:
+    """One varied, truthful caption of `scene`. ``with_size`` / ``with_pos`` force whether single
+    objects get their size / position (by default each is drawn; the draws happen either way, so
+    the rest of the phrasing follows the same rng stream)."""
     objs = scene["objects"]
     groups: dict[tuple[str, str], list[dict]] = {}
     for o in objs:
         groups.setdefault((o["color"], o["shape"]), []).append(o)
-    with_size = rng.random() < 0.5
-    with_pos = rng.random() < 0.6
+    drawn_size, drawn_pos = rng.random() < 0.5, rng.random() < 0.6
+    with_size = drawn_size if with_size is None else with_size
+    with_pos = drawn_pos if with_pos is None else with_pos
     parts = []
     for (color, shape), members in groups.items():
         if len(members) > 1:
@@ -263,15 +267,42 @@ def caption_is_true(caption: str | dict | None, scene: dict) -> bool:
     return True
 
 
-def corrupt_scene(scene: dict, rng: np.random.Generator) -> dict:
-    """A copy with one attribute of one object changed (for 'partially wrong' captions)."""
+ATTRIBUTES = ("color", "shape", "size", "position")
+
+
+def swap_attribute(scene: dict, attribute: str, rng: np.random.Generator, index: int | None = None) -> dict | None:
+    """`scene` with one object's ``attribute`` (one of ATTRIBUTES) changed, or None when no object
+    can carry the change visibly in a caption (size and position are only stated for an object
+    alone in its group). Colour and shape change on object ``index`` (default: drawn)."""
+    if attribute not in ATTRIBUTES:
+        raise ValueError(f"attribute must be one of {ATTRIBUTES}, got {attribute!r}")
     out = json.loads(json.dumps(scene))
-    o = out["objects"][int(rng.integers(len(out["objects"])))]
-    if rng.random() < 0.5:
-        o["color"] = str(rng.choice([c for c in COLORS if c != o["color"]]))
-    else:
-        o["shape"] = str(rng.choice([s for s in SHAPES if s != o["shape"]]))
+    objs = out["objects"]
+    if attribute in ("color", "shape"):
+        o = objs[int(rng.integers(len(objs))) if index is None else index]
+        pool = list(COLORS) if attribute == "color" else list(SHAPES)
+        o[attribute] = str(rng.choice([v for v in pool if v != o[attribute]]))
+        return out
+    groups = {}
+    for o in objs:
+        groups.setdefault((o["color"], o["shape"]), []).append(o)
+    single = [g[0] for g in groups.values() if len(g) == 1]
+    if not single:
+        return None
+    o = single[int(rng.integers(len(single)))]
+    if attribute == "size":
+        o["size"] = "large" if o["size"] == "small" else "small"
+        return out
+    taken = {(p["row"], p["col"]) for p in objs}
+    free = [(r, c) for r in ROWS for c in COLS if (r, c) not in taken]
+    o["row"], o["col"] = free[int(rng.integers(len(free)))]
     return out
+
+
+def corrupt_scene(scene: dict, rng: np.random.Generator) -> dict:
+    """A copy with the colour or the shape of one object changed (for 'partially wrong' captions)."""
+    index = int(rng.integers(len(scene["objects"])))
+    return swap_attribute(scene, "color" if rng.random() < 0.5 else "shape", rng, index=index)
 
 
 def junk_caption(rng: np.random.Generator) -> str:

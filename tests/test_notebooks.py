@@ -36,6 +36,7 @@ def _check_generation(outputs: str) -> None:
 
 def _check_pretraining(outputs: str) -> None:
     assert "retrieval/txt_r1" in outputs and "each image's best caption is its own" in outputs
+    assert outputs.count("against the scene: in_grammar") == 4
 
 
 # notebook -> (environment for the run, modules it needs, check of its printed output)

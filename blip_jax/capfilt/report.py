@@ -15,6 +15,8 @@ from collections.abc import Iterable
 
 import numpy as np
 
+from blip_jax.data.synthetic import caption_is_true
+
 QUANTILES = (0.1, 0.5, 0.9)
 SWEEP = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)
 
@@ -150,8 +152,6 @@ class ReportBuilder:
             if self.scenes is not None:
                 self.truth["no_scene"]["records"] += 1
             return
-        from blip_jax.data.synthetic import caption_is_true
-
         for source in ("web", "synthetic"):
             c = self.truth[source]
             for t in row[source]:

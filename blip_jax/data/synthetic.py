@@ -143,15 +143,21 @@ def _noun(shape: str, rng, plural: bool = False) -> str:
     return PLURAL[word] if plural else word
 
 
+def object_groups(objects: list[dict]) -> dict[tuple[str, str], list[dict]]:
+    """A scene's objects by (colour, shape), in first-seen order: the groups a caption names."""
+    groups: dict[tuple[str, str], list[dict]] = {}
+    for o in objects:
+        groups.setdefault((o["color"], o["shape"]), []).append(o)
+    return groups
+
+
 def describe(scene: dict, rng: np.random.Generator, with_size: bool | None = None,
              with_pos: bool | None = None) -> str:
     """One varied, truthful caption of `scene`. ``with_size`` / ``with_pos`` force whether single
     objects get their size / position (by default each is drawn; the draws happen either way, so
     the rest of the phrasing follows the same rng stream)."""
     objs = scene["objects"]
-    groups: dict[tuple[str, str], list[dict]] = {}
-    for o in objs:
-        groups.setdefault((o["color"], o["shape"]), []).append(o)
+    groups = object_groups(objs)
     drawn_size, drawn_pos = rng.random() < 0.5, rng.random() < 0.6
     with_size = drawn_size if with_size is None else with_size
     with_pos = drawn_pos if with_pos is None else with_pos
@@ -251,9 +257,7 @@ def caption_is_true(caption: str | dict | None, scene: dict) -> bool:
     objects = scene["objects"]
     if parsed["objects"] is not None and parsed["objects"] != len(objects):
         return False
-    members: dict[tuple[str, str], list[dict]] = {}
-    for o in objects:
-        members.setdefault((o["color"], o["shape"]), []).append(o)
+    members = object_groups(objects)
     named = [(g["color"], g["shape"]) for g in parsed["groups"]]
     if len(set(named)) != len(named) or set(named) != set(members):
         return False
@@ -283,10 +287,7 @@ def swap_attribute(scene: dict, attribute: str, rng: np.random.Generator, index:
         pool = list(COLORS) if attribute == "color" else list(SHAPES)
         o[attribute] = str(rng.choice([v for v in pool if v != o[attribute]]))
         return out
-    groups = {}
-    for o in objs:
-        groups.setdefault((o["color"], o["shape"]), []).append(o)
-    single = [g[0] for g in groups.values() if len(g) == 1]
+    single = [g[0] for g in object_groups(objs).values() if len(g) == 1]
     if not single:
         return None
     o = single[int(rng.integers(len(single)))]
@@ -318,9 +319,7 @@ def caption_checks(caption: str, scene: dict) -> dict[str, bool]:
     if parsed is None:
         return dict.fromkeys(("in_grammar", "colors", "shapes", "objects", "true"), False)
     objects = scene["objects"]
-    counts: dict[tuple[str, str], int] = {}
-    for o in objects:
-        counts[(o["color"], o["shape"])] = counts.get((o["color"], o["shape"]), 0) + 1
+    counts = {key: len(members) for key, members in object_groups(objects).items()}
     named: dict[tuple[str, str], int] = {}
     for g in parsed["groups"]:
         named[(g["color"], g["shape"])] = named.get((g["color"], g["shape"]), 0) + g["count"]

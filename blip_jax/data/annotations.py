@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import collections
 import json
+import logging
 import os
 import re
 from collections.abc import Iterator
@@ -25,6 +26,7 @@ from typing import Any
 
 from blip_jax.data.records import AnnotationError, make_record
 
+log = logging.getLogger(__name__)
 _WS = re.compile(r"[ \t\n\r]*")
 
 
@@ -59,19 +61,27 @@ def _iter_json_array(text: str, path: str) -> Iterator[tuple[Any, int]]:
         pos = _WS.match(text, pos + 1).end()
 
 
+def _read_text(path: str, what: str) -> str:
+    """A UTF-8 file's text (a leading byte-order mark, as Windows tools write, is dropped);
+    a missing or undecodable file -> AnnotationError naming it."""
+    try:
+        with open(path, encoding="utf-8-sig") as f:
+            return f.read()
+    except FileNotFoundError:
+        raise AnnotationError(f"{path}: {what} not found") from None
+    except IsADirectoryError:
+        raise AnnotationError(f"{path}: {what} is a directory") from None
+    except UnicodeDecodeError as e:
+        raise AnnotationError(f"{path}: not UTF-8 text ({e})") from None
+
+
 def read_annotation_entries(path: str) -> tuple[list[tuple[dict, int]], collections.Counter]:
     """Reads a .json list or a .jsonl file -> ([(entry, line)], skip counts).
 
     In JSON-lines files a malformed line is skipped and counted as 'bad_json' (web-scale lists
     are often concatenated from many writers); in a .json list it fails fast."""
     skips: collections.Counter = collections.Counter()
-    try:
-        with open(path, encoding="utf-8") as f:
-            text = f.read()
-    except FileNotFoundError:
-        raise AnnotationError(f"{path}: annotation file not found") from None
-    except UnicodeDecodeError as e:
-        raise AnnotationError(f"{path}: not UTF-8 text ({e})") from None
+    text = _read_text(path, "annotation file")
     entries: list[tuple[dict, int]] = []
     if path.endswith((".jsonl", ".ndjson")):
         for lineno, raw in enumerate(text.splitlines(), 1):
@@ -184,18 +194,22 @@ def load_coco_karpathy(path: str, image_root: str | None = None, split: str = "t
     return out
 
 
-def vqa_answers_and_weights(answer: Any, dataset: str) -> tuple[list[str], list[float]]:
-    """BLIP's convention: VQA answers weighted by frequency among the annotators (each vote
-    1/n), one VG answer with weight 0.2. Non-string answers are dropped."""
+def vqa_answers_and_weights(answer: Any, dataset: str,
+                            dropped: collections.Counter | None = None) -> tuple[list[str], list[float]]:
+    """BLIP's convention: VQA answers weighted by frequency among *all* the annotators' votes
+    (weight = count / number of votes, as the original's data/vqa_dataset.py), one VG answer with
+    weight 0.2. Votes that are not non-empty strings are dropped, but still count in the number of
+    votes (["yes", None, "yes", "", "no"]: yes 2/5, no 1/5); they are counted in
+    `dropped["dropped_answer"]`."""
     if dataset == "vg":
         answers = [answer] if isinstance(answer, str) and answer.strip() else []
         return answers, [0.2] * len(answers)
     votes = answer if isinstance(answer, list) else [answer]
-    votes = [a for a in votes if isinstance(a, str) and a.strip()]
-    weights: dict[str, float] = {}
-    for a in votes:
-        weights[a] = weights.get(a, 0.0) + 1.0 / len(votes)
-    return list(weights), list(weights.values())
+    counts = collections.Counter(a for a in votes if isinstance(a, str) and a.strip())
+    n_bad = len(votes) - sum(counts.values())
+    if n_bad and dropped is not None:
+        dropped["dropped_answer"] += n_bad
+    return list(counts), [c / len(votes) for c in counts.values()]
 
 
 def load_vqa(paths: str | list[str], vqa_root: str | None = None, vg_root: str | None = None,
@@ -209,6 +223,7 @@ def load_vqa(paths: str | list[str], vqa_root: str | None = None, vg_root: str |
     paths = [paths] if isinstance(paths, str) else list(paths)
     out = AnnotationSet(files=paths)
     ids: dict[str, int] = {}
+    warned = False
     for path in paths:
         entries, skips = read_annotation_entries(path)
         out.skips.update(skips)
@@ -228,21 +243,32 @@ def load_vqa(paths: str | list[str], vqa_root: str | None = None, vg_root: str |
                                       f"got {dataset!r:.40}")
             if split == "train" and "answer" not in e:
                 raise AnnotationError(f"{path}:{line}: entry {i}: missing field 'answer' (train split)")
-            answers, weights = vqa_answers_and_weights(e.get("answer", []), dataset)
+            before = out.skips["dropped_answer"]
+            answers, weights = vqa_answers_and_weights(e.get("answer", []), dataset, out.skips)
+            if out.skips["dropped_answer"] > before and not warned:
+                warned = True
+                log.warning("%s:%d: entry %d: dropped %d answers that are not non-empty strings (weights still "
+                            "divide by all %d votes); later ones are counted without a warning", path, line, i,
+                            out.skips["dropped_answer"] - before,
+                            len(e["answer"]) if isinstance(e["answer"], list) else 1)
             full = _join(vg_root if dataset == "vg" else vqa_root, image)
             image_id = ids.setdefault(full, len(ids))
             out.append(make_record(image_path=full, image_id=image_id, image_key=image,
                                    question=e["question"], question_id=qid, answers=answers,
                                    answer_weights=weights, source=source if dataset == "vqa" else "vg",
                                    index=len(out)))
+    if out.skips["dropped_answer"]:
+        log.warning("%s: dropped %d VQA answers that are not non-empty strings", ", ".join(paths),
+                    out.skips["dropped_answer"])
+    else:
+        del out.skips["dropped_answer"]
     return out
 
 
 def load_answer_list(path: str) -> list[str]:
     """answer_list.json: a JSON list of candidate answer strings."""
     entries = []
-    with open(path, encoding="utf-8") as f:
-        text = f.read()
+    text = _read_text(path, "answer list")
     for obj, line in _iter_json_array(text, path):
         if not isinstance(obj, str) or not obj:
             raise AnnotationError(f"{path}:{line}: answer {len(entries)}: expected a non-empty string")

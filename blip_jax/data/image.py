@@ -13,7 +13,7 @@ import os
 import warnings
 
 import numpy as np
-from PIL import Image, ImageOps
+from PIL import Image
 
 from blip_jax.data.records import BadRecord
 
@@ -69,6 +69,22 @@ def exif_orientation(img: Image.Image) -> int:
         return int(img.getexif().get(_EXIF_ORIENTATION, 1) or 1)
     except Exception:  # malformed EXIF blocks are common on the web; treat as upright
         return 1
+
+
+TRANSPOSE_FOR_ORIENTATION = {
+    2: Image.Transpose.FLIP_LEFT_RIGHT, 3: Image.Transpose.ROTATE_180, 4: Image.Transpose.FLIP_TOP_BOTTOM,
+    5: Image.Transpose.TRANSPOSE, 6: Image.Transpose.ROTATE_270, 7: Image.Transpose.TRANSVERSE,
+    8: Image.Transpose.ROTATE_90,
+}  # what ImageOps.exif_transpose does for each EXIF orientation
+
+
+def orientation_to_apply(img: Image.Image, where: str = "") -> int:
+    """The EXIF orientation still to apply to `img`'s decoded pixels. Pillow's TIFF plugin
+    transposes TIFFs itself when it loads them (and drops the tag), so a TIFF is loaded here and
+    reports what is left (1); other formats are not decoded (header only)."""
+    if img.format == "TIFF":
+        load_pixels(img, where)
+    return exif_orientation(img)
 
 
 def exif_block_orientation(block: bytes) -> int:
@@ -134,10 +150,12 @@ def to_rgb(img: Image.Image, where: str = "") -> Image.Image:
 def decode_rgb(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS, where: str = "") -> np.ndarray:
     """Encoded bytes -> upright RGB uint8 array (H, W, 3). Raises BadRecord on bad input."""
     img = open_image(data, max_pixels, where)
-    orientation = exif_orientation(img)
+    # read before converting: RGBA/LA/P-with-transparency are composited into a new image without
+    # the EXIF block, so ImageOps.exif_transpose on the converted image would see no orientation
+    orientation = orientation_to_apply(img, where)
     img = to_rgb(img, where)
-    if orientation != 1:
-        img = ImageOps.exif_transpose(img)
+    if orientation in TRANSPOSE_FOR_ORIENTATION:
+        img = img.transpose(TRANSPOSE_FOR_ORIENTATION[orientation])
     return np.asarray(img)
 
 

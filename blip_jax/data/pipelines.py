@@ -36,6 +36,8 @@ import numpy as np
 from blip_jax.data import annotations as ann
 from blip_jax.data.image import image_bytes_of
 from blip_jax.data.records import (
+    DROPPED_FIELD,
+    PARTIAL_REASONS,
     REASON_INDEX,
     SKIP_KEY,
     SKIP_REASONS,
@@ -199,6 +201,7 @@ class ImageTextProcessor:
         if not valid:
             reason = caption_problem(record["captions"][0]) if record["captions"] else "bad_caption"
             raise BadRecord(reason, _where(record))
+        n_bad = len(record["captions"]) - len(valid)
         caption = valid[int(rng.integers(len(valid)))] if len(valid) > 1 else valid[0]
         text = self.prompt + pre_caption(caption, self.max_words)
         pixels = self.image_transform(image_bytes_of(record), rng, _where(record))
@@ -207,6 +210,10 @@ class ImageTextProcessor:
             out["caption"] = np.str_(text)
         else:
             out["input_ids"], out["attention_mask"] = tokenize(self.tokenizer, text, self.max_len)
+        if n_bad:  # counted (per visit) as dropped_caption by _DropSkipped; the record is kept
+            bad = next(c for c in record["captions"] if caption_problem(c) is not None)
+            out[DROPPED_FIELD] = [skip_marker("dropped_caption", f"{n_bad} of {len(record['captions'])} "
+                                              f"captions unusable, e.g. {bad!r:.40}", _where(record))] * n_bad
         return out
 
 
@@ -320,22 +327,38 @@ class _DropSkippedIterator(grain.DatasetIterator):
         while True:
             x = next(self._parent)
             if SKIP_KEY in x:
-                reason = x[SKIP_KEY]
-                self._pending[REASON_INDEX[reason]] += 1
-                if _LOGGED[reason] < 5:  # a few examples per reason, not a flood
-                    _LOGGED[reason] += 1
-                    log.warning("skipping record (%s): %s %s", reason, x.get("where", ""), x.get("detail", ""))
+                self._count(x, "skipping record")
                 continue
+            for part in x.pop(DROPPED_FIELD, ()):
+                self._count(part, "dropping part of a record")
             x[SKIPPED_FIELD] = self._pending
             self._pending = np.zeros(len(SKIP_REASONS), np.int32)
             return x
+
+    def _count(self, marker: dict, what: str) -> None:
+        reason = marker[SKIP_KEY]
+        self._pending[REASON_INDEX[reason]] += 1
+        if _LOGGED[reason] < 5:  # a few examples per reason, not a flood
+            _LOGGED[reason] += 1
+            log.warning("%s (%s): %s %s", what, reason, marker.get("where", ""), marker.get("detail", ""))
 
     def get_state(self):
         return {"parent": self._parent.get_state(), "pending": self._pending.tolist()}
 
     def set_state(self, state):
         self._parent.set_state(state["parent"])
-        self._pending = np.asarray(state["pending"], np.int32)
+        self._pending = _reason_counts(state["pending"], np.int32)
+
+
+def _reason_counts(saved, dtype) -> np.ndarray:
+    """Checkpointed per-reason counts -> (len(SKIP_REASONS),); a state saved before reasons were
+    appended to SKIP_REASONS is zero-padded."""
+    out = np.zeros(len(SKIP_REASONS), dtype)
+    saved = np.asarray(saved, dtype)
+    if len(saved) > len(out):
+        raise ValueError(f"checkpointed skip counts have {len(saved)} reasons, this version knows {len(out)}")
+    out[: len(saved)] = saved
+    return out
 
 
 def pad_batch(examples: list[dict], batch_size: int, template: dict[str, tuple[tuple, Any]]) -> dict:
@@ -449,14 +472,16 @@ class SkipCountingIterator(grain.DatasetIterator):
 
     def set_state(self, state):
         self._parent.set_state(state["parent"])
-        self._counts = np.asarray(state["skipped"], np.int64)
+        self._counts = _reason_counts(state["skipped"], np.int64)
 
 
 def data_metrics(iterator: SkipCountingIterator) -> dict[str, int]:
-    """{"data/skipped/<reason>": n, "data/skipped/total": n} for metric writers."""
+    """{"data/skipped/<reason>": n, "data/skipped/total": n} for metric writers. The total counts
+    skipped records (and broken shards), not the parts dropped from kept records (PARTIAL_REASONS:
+    dropped captions, dropped VQA votes), which have their own entries."""
     counts = iterator.skip_counts
     out = {f"data/skipped/{r}": n for r, n in sorted(counts.items())}
-    out["data/skipped/total"] = sum(counts.values())
+    out["data/skipped/total"] = sum(n for r, n in counts.items() if r not in PARTIAL_REASONS)
     return out
 
 
@@ -490,6 +515,11 @@ class LoaderOptions:
     # Where tar header indexes are cached: those that count streamed shards without img2dataset
     # stats files, and those of shards read by index (None: not cached).
     index_dir: str | None = None
+    # Evaluation images: True decodes at full size as the original BLIP does (PIL decode + bicubic
+    # resize, bit-exact); False lets JPEGs decode at a reduced DCT scale, which is identical unless
+    # both sides of the stored JPEG are at least 2 x image_size (COCO's 640x480 at 384 or 480, Flickr30k
+    # at 224 or 384: identical; COCO at 224, larger photos: mean 1.3-1.5, max ~15 grey levels).
+    exact_eval_decode: bool = False
 
     def resolved_shard(self) -> tuple[int, int]:
         if self.shard_index is not None and self.shard_count is not None:
@@ -657,10 +687,15 @@ def _eval_template(processor: EvalProcessor, image_size: int) -> dict[str, tuple
 
 
 def eval_pipeline(dataset: DatasetSpec | dict | Sequence[dict], opts: LoaderOptions, *, image_size: int = 384,
-                  tokenizer=None, vqa: bool = False, question_max_len: int = 35) -> DataPipeline:
+                  tokenizer=None, vqa: bool = False, question_max_len: int = 35,
+                  exact_decode: bool | None = None) -> DataPipeline:
     """Every record of `dataset` exactly once (this process's strided share), in order, in
     `ceil(ceil(N / shard_count) / batch_size)` batches on every process; padding rows have
-    mask 0. Records with bad images are skipped and counted (their `index` never appears)."""
+    mask 0. Records with bad images are skipped and counted (their `index` never appears).
+
+    `exact_decode` (default `opts.exact_eval_decode`): decode images at full size before the
+    bicubic resize, as the original BLIP; otherwise large JPEGs decode at a reduced DCT scale
+    (identical pixels unless both sides of the JPEG are >= 2 x image_size; see EvalImageTransform)."""
     if isinstance(dataset, Sequence) and (not len(dataset) or {"captions", SKIP_KEY} & set(dataset[0])):
         records, load_skips = dataset, collections.Counter()  # records, or a random-access view of them
     else:
@@ -669,7 +704,9 @@ def eval_pipeline(dataset: DatasetSpec | dict | Sequence[dict], opts: LoaderOpti
         if isinstance(records, grain.IterDataset):
             raise ValueError("eval needs a random-access source (BLIP JSON, ArrayRecord or tfds)")
     shard_index, shard_count = opts.resolved_shard()
-    proc = EvalProcessor(EvalImageTransform(image_size), tokenizer, vqa=vqa, question_max_len=question_max_len)
+    exact = opts.exact_eval_decode if exact_decode is None else exact_decode
+    proc = EvalProcessor(EvalImageTransform(image_size, fast_decode=not exact), tokenizer, vqa=vqa,
+                         question_max_len=question_max_len)
     n_total = len(records)
     num_batches = math.ceil(math.ceil(n_total / shard_count) / opts.batch_size)
     ds = grain.MapDataset.source(records)[shard_index::shard_count]
@@ -681,19 +718,36 @@ def eval_pipeline(dataset: DatasetSpec | dict | Sequence[dict], opts: LoaderOpti
     return DataPipeline(_SkipCounting(batched, load_skips), num_examples, opts.batch_size, load_skips)
 
 
-def retrieval_eval_texts(records: Sequence[dict], max_words: int = 30):
+def retrieval_eval_texts(records: Sequence[dict], max_words: int = 30,
+                         skips: collections.Counter | None = None):
     """coco_karpathy val/test records -> (texts, txt2img (T,) int32, img2txt list of lists).
 
-    Text i belongs to image txt2img[i] (the record `index`); a non-string caption is kept as
-    "" so that text indices stay aligned with the annotation file."""
+    Text i belongs to image txt2img[i] (the record `index`). A caption that is not a string, or
+    is empty after cleaning, stays in as an "" query so that text indices stay aligned with the
+    annotation file (a retrieval metric then counts it as a miss); each one is counted in
+    `skips` (under bad_caption / empty_caption, when given) and logged with its file and entry."""
     texts, txt2img, img2txt = [], [], []
+    files = getattr(records, "files", None)
+    bad: collections.Counter = collections.Counter()
     for rec in records:
         ids = []
-        for c in rec["captions"]:
+        for k, c in enumerate(rec["captions"]):
             ids.append(len(texts))
-            texts.append(pre_caption(c, max_words) if isinstance(c, str) else "")
+            problem = caption_problem(c)
+            texts.append("" if problem else pre_caption(c, max_words))
             txt2img.append(rec["index"])
+            if problem:
+                bad[problem] += 1
+                if sum(bad.values()) <= 5:
+                    where = f"{files[0]}: entry {rec['index']}" if files and len(files) == 1 else _where(rec)
+                    log.warning("retrieval eval: %s caption %d (%s) is an empty query (%s)", where, k, repr(c)[:40],
+                                problem)
         img2txt.append(ids)
+    if bad:
+        log.warning("retrieval eval%s: %d of %d texts are empty queries (%s), kept to align text ids",
+                    f" ({', '.join(files)})" if files else "", sum(bad.values()), len(texts), dict(bad))
+        if skips is not None:
+            skips.update(bad)
     return texts, np.asarray(txt2img, np.int32), img2txt
 
 

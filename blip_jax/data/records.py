@@ -38,10 +38,18 @@ SKIP_REASONS: tuple[str, ...] = (
     "bad_record",  # malformed serialized record (ArrayRecord)
     "bad_question",  # VQA question missing / not a string / empty
     "bad_answers",  # VQA answers missing or unusable
+    # (appended: checkpointed skip counts of an older, shorter list still restore)
+    "truncated_shard",  # a tar shard that breaks off (cut copy, garbage): once per shard
+    "truncated_sample",  # a sample of such a shard known lost: cut in its data, or past the break
+    # Parts of a record that is kept (not in data/skipped/total):
+    "dropped_caption",  # an unusable caption in a record's caption list; the others are used
+    "dropped_answer",  # a VQA vote that is not a non-empty string (counted when loading)
 )
+PARTIAL_REASONS = ("dropped_caption", "dropped_answer")
 REASON_INDEX = {r: i for i, r in enumerate(SKIP_REASONS)}
 SKIP_KEY = "__skip__"
 SKIPPED_FIELD = "_skipped"  # per-element int32 (R,) counts of records dropped just before it
+DROPPED_FIELD = "_dropped"  # optional per-element list of skip markers for parts a processor dropped
 
 
 class BadRecord(Exception):

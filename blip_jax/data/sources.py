@@ -15,6 +15,7 @@ import glob
 import hashlib
 import io
 import json
+import logging
 import os
 import tarfile
 from collections.abc import Sequence
@@ -31,6 +32,8 @@ from blip_jax.data.records import (
     skip_marker,
 )
 from blip_jax.files import write_json_atomic
+
+log = logging.getLogger(__name__)
 
 IMAGE_EXTENSIONS = ("jpg", "jpeg", "png", "webp", "bmp", "gif", "tif", "tiff")
 
@@ -61,45 +64,120 @@ def _sample_key(name: str) -> tuple[str, str]:
     return os.path.join(dirname, stem), ext.lower()
 
 
+class _HeaderErrorTarInfo(tarfile.TarInfo):
+    """TarInfo that remembers on its TarFile why the last header read failed: `tarfile` ends
+    iteration quietly on a zero block (the end-of-archive marker) *and* on a cut, empty or garbage
+    header after offset 0, so this is the only way to tell a complete shard from a broken one."""
+
+    @classmethod
+    def fromtarfile(cls, tar):
+        try:
+            return super().fromtarfile(tar)
+        except tarfile.HeaderError as e:
+            tar._header_error = e
+            raise
+
+
+@dataclasses.dataclass(frozen=True)
+class ShardBreak:
+    """Where a streamed tar shard broke off: yielded by `_iter_tar_samples` after the samples it
+    could read. `cut_sample`: the sample being read had a member cut inside its data (it is lost)."""
+
+    path: str
+    offset: int
+    samples_read: int
+    cut_sample: bool
+    why: str
+
+    def lost_samples(self) -> int | None:
+        return _lost_samples(self.path, self.samples_read, self.cut_sample)
+
+
+def _lost_samples(path: str, samples_read: int, cut_sample: bool) -> int | None:
+    """Samples of a broken shard known to be lost: the one cut in its data, and those after the
+    break when img2dataset's stats file says how many the shard held; None when unknown."""
+    expected = _img2dataset_successes(path)
+    if expected is None:
+        return 1 if cut_sample else None
+    return max(int(cut_sample), expected - samples_read)
+
+
 def _iter_tar_samples(path: str):
-    """Yields (key, {ext: bytes}) per sample of a tar shard; a corrupt/truncated tail ends the
-    shard with a ('', None) marker instead of raising."""
+    """Yields (key, {ext: bytes}) per sample of a tar shard, then, when the shard breaks off (a cut
+    copy: no end-of-archive marker, a member whose data is cut short; garbage where a header should
+    be), one `ShardBreak` instead of raising. A sample whose member data is cut is not yielded; the
+    members of the sample being read when a *header* breaks are (as `index_tar_shard` keeps them)."""
+    key, files, n = None, {}, 0
+
+    def broken(why: str, offset: int, cut: bool = False) -> ShardBreak:
+        return ShardBreak(path, offset, n, cut, why)
+
     try:
-        tar = tarfile.open(path, "r|*")
-    except (tarfile.TarError, OSError, EOFError):
-        yield "", None
+        tar = tarfile.open(path, "r|*", tarinfo=_HeaderErrorTarInfo)
+    except (tarfile.TarError, OSError, EOFError) as e:
+        yield broken(f"unreadable: {e}", 0)
         return
-    key, files = None, {}
-    try:
-        with tar:
-            for member in tar:
-                if not member.isfile():
-                    continue
-                k, ext = _sample_key(member.name)
-                if k != key and key is not None:
+    with tar:
+        members = iter(tar)
+        while True:
+            try:
+                member = next(members, None)
+            except (tarfile.TarError, OSError, EOFError) as e:
+                if key is not None and files:
                     yield key, files
-                    files = {}
-                key = k
+                    n += 1
+                yield broken(f"bad tar header: {e}", tar.offset)
+                return
+            if member is None:
+                break
+            if not member.isfile():
+                continue
+            k, ext = _sample_key(member.name)
+            if k != key and key is not None:
+                yield key, files
+                n += 1
+                files = {}
+            key = k
+            try:
                 f = tar.extractfile(member)
-                files[ext] = f.read() if f is not None else b""
-    except (tarfile.TarError, OSError, EOFError):
-        if key is not None and files:
+                data = f.read() if f is not None else b""
+            except (tarfile.TarError, OSError, EOFError):
+                data = None
+            if data is None or len(data) != member.size:
+                yield broken(f"member {member.name!r} cut inside its data", member.offset_data, cut=True)
+                return
+            files[ext] = data
+        if key is not None:
             yield key, files
-        yield "", None
-        return
-    if key is not None:
-        yield key, files
+            n += 1
+        end = getattr(tar, "_header_error", None)
+        if not isinstance(end, tarfile.EOFHeaderError):  # iteration stopped at no end-of-archive marker
+            yield broken(f"no end-of-archive marker ({end or 'end of data'})", tar.offset)
 
 
-def webdataset_sample_to_record(key: str, files: dict[str, bytes], source: str, index: int) -> dict:
-    """One img2dataset sample ({key}.jpg/.txt/.json) -> record, or a skip marker."""
+def _shard_skips(brk: ShardBreak, source: str) -> list[dict]:
+    """A broken shard -> its skip markers: one `truncated_shard`, plus one `truncated_sample` per
+    sample known to be lost (`ShardBreak.lost_samples`)."""
+    lost = brk.lost_samples()
+    detail = (f"{brk.path} breaks off at byte {brk.offset} after {brk.samples_read} samples ({brk.why}); "
+              + (f"{lost} samples lost" if lost is not None else "samples after the break lost, number unknown"))
+    log.warning("webdataset shard %s", detail)
+    return ([skip_marker("truncated_shard", detail, source)]
+            + [skip_marker("truncated_sample", f"lost in {brk.path}", source)] * (lost or 0))
+
+
+def webdataset_sample_to_record(key: str, files: dict[str, bytes], source: str, index: int,
+                                shard: str = "", image_id: int | None = None) -> dict:
+    """One img2dataset sample ({key}.jpg/.txt/.json) -> record, or a skip marker naming the shard
+    file and the sample key. `image_id` defaults to `index`."""
+    where = f"sample {key} of {shard}" if shard else f"sample {key}"
     image = None
     for ext in IMAGE_EXTENSIONS:
         if ext in files:
             image = files[ext]
             break
     if image is None:
-        return skip_marker("missing_image", f"no image member in sample {key}", source)
+        return skip_marker("missing_image", f"no image member in {where}", source)
     meta: dict[str, Any] = {}
     if "json" in files:
         try:
@@ -107,23 +185,37 @@ def webdataset_sample_to_record(key: str, files: dict[str, bytes], source: str, 
             if not isinstance(meta, dict):
                 raise ValueError("not an object")
         except (UnicodeDecodeError, ValueError):
-            return skip_marker("bad_json", f"sample {key}", source)
+            return skip_marker("bad_json", where, source)
     if "txt" in files:
         try:
             captions = [files["txt"].decode("utf-8")]
         except UnicodeDecodeError:
-            return skip_marker("bad_caption", f"sample {key}: .txt is not UTF-8", source)
+            return skip_marker("bad_caption", f"{where}: .txt is not UTF-8", source)
     elif "caption" in meta:
         captions = [meta["caption"]]
     else:
-        return skip_marker("bad_caption", f"sample {key}: no .txt and no json caption", source)
+        return skip_marker("bad_caption", f"{where}: no .txt and no json caption", source)
     raw_key = meta.get("key", os.path.basename(key))
     return make_record(image=image, image_key=str(raw_key), captions=captions, source=source,
-                       index=index, image_id=index)
+                       index=index, image_id=index if image_id is None else image_id)
+
+
+def _shard_items(path: str, source: str):
+    """`_iter_tar_samples` with a shard break expanded into its skip markers (`_shard_skips`):
+    yields (key, files) or a skip-marker dict, one per position the stream counts."""
+    for item in _iter_tar_samples(path):
+        if isinstance(item, ShardBreak):
+            yield from _shard_skips(item, source)
+        else:
+            yield item
 
 
 class WebDatasetIterDataset(grain.IterDataset):
     """Streams img2dataset/webdataset tar shards as records (a grain IterDataset source).
+
+    Records' `index` is their position in the shard and `image_id` is unique over the shards
+    (`image_id`). A shard that breaks off (cut copy, garbage) gives the samples before the break,
+    then a `truncated_shard` skip (and a `truncated_sample` per sample known lost) naming the file.
 
     Sharding (per process via `shard_index/shard_count`, and per grain worker via `set_slice`)
     assigns whole shards when there are at least as many shards as readers, else every reader
@@ -141,6 +233,21 @@ class WebDatasetIterDataset(grain.IterDataset):
         self._shuffle = shuffle_shards
         self._num_epochs = num_epochs
         self._start, self._step = shard_index, shard_count
+        self._shard_number = {p: i for i, p in enumerate(self._shards)}
+        self._id_stride = max(1, 2**31 // len(self._shards))
+        self._warned_ids = False
+
+    def image_id(self, path: str, position: int) -> int:
+        """The `image_id` of the sample at `position` in shard `path`: unique over all shards and
+        deterministic (the shard's number in the sorted path list x stride + position; stride
+        2**31 // number of shards, so ids fit int32; ids repeat, with a warning, only in a shard
+        holding more samples than the stride)."""
+        if position >= self._id_stride and not self._warned_ids:
+            self._warned_ids = True
+            log.warning("webdataset %r: shard %s has more than %d samples, so its image_ids run into the next "
+                        "shard's (retrieval would pair such samples as positives)", self._source, path,
+                        self._id_stride)
+        return self._shard_number[path] * self._id_stride + position % self._id_stride
 
     def set_slice(self, sl: slice, sequential_slice: bool = False) -> None:
         del sequential_slice
@@ -179,7 +286,7 @@ class _WebDatasetIterator(grain.DatasetIterator):
         if self._shard_pos >= len(shards):
             return None
         path = shards[self._shard_pos]
-        gen = _iter_tar_samples(path)
+        gen = _shard_items(path, self._ds._source)
         for _ in range(self._consumed):  # resume: skip what was consumed, no image decode
             next(gen, None)
         return gen, path, by_sample
@@ -204,12 +311,13 @@ class _WebDatasetIterator(grain.DatasetIterator):
                 continue
             position = self._consumed
             self._consumed += 1
-            key, files = item
             if by_sample and position % ds._step != ds._start:
                 continue
-            if files is None:
-                return skip_marker("bad_record", f"unreadable tar data in {path}", ds._source)
-            return webdataset_sample_to_record(key, files, ds._source, position)
+            if isinstance(item, dict):  # a skip marker of a broken shard
+                return item
+            key, files = item
+            return webdataset_sample_to_record(key, files, ds._source, position, shard=path,
+                                               image_id=ds.image_id(path, position))
 
     def get_state(self) -> dict[str, Any]:
         return {"epoch": self._epoch, "shard_pos": self._shard_pos, "consumed": self._consumed}
@@ -228,20 +336,22 @@ class TarShardIndex:
     """Where the samples of one tar shard lie: sample i is the bytes [starts[i], starts[i+1]), its
     members' headers and data. `complete` is False when the shard breaks off (a truncated copy, or
     garbage where a header should be): the samples before the break are indexed, the rest are lost
-    and counted as a `truncated_shard`."""
+    and counted as a `truncated_shard`. `cut_sample`: a sample's member data ran past the end of the
+    file; that sample is not indexed (the streaming reader drops it too)."""
 
     path: str
     size: int
     mtime_ns: int
     starts: np.ndarray  # int64 (N + 1,)
     complete: bool
+    cut_sample: bool = False
 
     def __len__(self) -> int:
         return len(self.starts) - 1
 
     def to_json(self) -> dict:
         return {"path": self.path, "size": self.size, "mtime_ns": self.mtime_ns,
-                "starts": self.starts.tolist(), "complete": self.complete}
+                "starts": self.starts.tolist(), "complete": self.complete, "cut_sample": self.cut_sample}
 
 
 def index_tar_shard(path: str) -> TarShardIndex:
@@ -249,17 +359,19 @@ def index_tar_shard(path: str) -> TarShardIndex:
     groups consecutive members with the same key into samples, as the streaming reader does."""
     st = os.stat(path)
     spans: list[list] = []  # [key, start of its first header, end of its last member's data]
-    complete = True
+    complete, cut_sample = True, False
     try:
         with tarfile.open(path, "r:") as tar:
             for member in tar:
                 if not member.isfile():
                     continue
                 end = member.offset_data + member.size
-                if end > st.st_size:  # the data runs past the end of the file
-                    complete = False
-                    break
                 key = _sample_key(member.name)[0]
+                if end > st.st_size:  # the data runs past the end of the file: that sample is lost
+                    complete, cut_sample = False, True
+                    if spans and spans[-1][0] == key:
+                        spans.pop()
+                    break
                 if spans and spans[-1][0] == key:
                     spans[-1][2] = end
                 else:
@@ -271,7 +383,7 @@ def index_tar_shard(path: str) -> TarShardIndex:
     except (tarfile.TarError, OSError, EOFError):
         complete = False
     starts = np.asarray([s[1] for s in spans] + ([spans[-1][2]] if spans else [0]), np.int64)
-    return TarShardIndex(os.path.abspath(path), st.st_size, st.st_mtime_ns, starts, complete)
+    return TarShardIndex(os.path.abspath(path), st.st_size, st.st_mtime_ns, starts, complete, cut_sample)
 
 
 def _cached_tar_index(path: str, index_dir: str | None) -> TarShardIndex:
@@ -286,7 +398,8 @@ def _cached_tar_index(path: str, index_dir: str | None) -> TarShardIndex:
         with open(cache, encoding="utf-8") as f:
             d = json.load(f)
         if (d["path"], d["size"], d["mtime_ns"]) == (path, st.st_size, st.st_mtime_ns):
-            return TarShardIndex(path, d["size"], d["mtime_ns"], np.asarray(d["starts"], np.int64), d["complete"])
+            return TarShardIndex(path, d["size"], d["mtime_ns"], np.asarray(d["starts"], np.int64), d["complete"],
+                                 d["cut_sample"])
     except (OSError, ValueError, KeyError, TypeError):
         pass  # no cache yet, or an unreadable one: scan again
     index = index_tar_shard(path)
@@ -321,7 +434,8 @@ class WebDatasetRecords(grain.sources.RandomAccessDataSource):
     seek and one read. For jobs that need random access and resumable order (CapFilt); training
     streams the same shards with `WebDatasetIterDataset`, which yields the same records.
 
-    `skips` counts the shards that break off (`truncated_shard`); their readable samples are kept.
+    `skips` counts the shards that break off (`truncated_shard`; their readable samples are kept)
+    and the samples known lost in them (`truncated_sample`, as the stream counts them).
     `first_share` (index, count): the strided share of the shards this process indexes first, so
     that processes sharing `index_dir` split the scanning between them."""
 
@@ -335,9 +449,15 @@ class WebDatasetRecords(grain.sources.RandomAccessDataSource):
             found = dict(zip(order, pool.map(lambda i: _cached_tar_index(self._paths[i], index_dir), order)))
         self._indexes = [found[i] for i in range(len(self._paths))]
         self._offsets = np.cumsum([0] + [len(ix) for ix in self._indexes])
-        self.skips = collections.Counter(truncated_shard=sum(not ix.complete for ix in self._indexes))
-        if not self.skips["truncated_shard"]:
-            del self.skips["truncated_shard"]
+        self.skips = collections.Counter()
+        for ix in self._indexes:
+            if not ix.complete:
+                lost = _lost_samples(ix.path, len(ix), ix.cut_sample)
+                log.warning("webdataset shard %s breaks off after %d samples; %s", ix.path, len(ix),
+                            f"{lost} samples lost" if lost is not None else "samples after the break lost, "
+                            "number unknown")
+                self.skips.update(truncated_shard=1, truncated_sample=lost or 0)
+        self.skips = +self.skips  # drop zero counts
 
     def __len__(self) -> int:
         return int(self._offsets[-1])
@@ -350,7 +470,7 @@ class WebDatasetRecords(grain.sources.RandomAccessDataSource):
         key, files = _read_tar_sample(ix.path, int(ix.starts[pos]), int(ix.starts[pos + 1]))
         if key is None:
             return skip_marker("bad_record", f"sample {pos} of {ix.path} no longer reads as indexed", self._source)
-        return webdataset_sample_to_record(key, files, self._source, index)
+        return webdataset_sample_to_record(key, files, self._source, index, shard=ix.path)
 
     @property
     def truncated_shards(self) -> list[str]:

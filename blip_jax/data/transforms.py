@@ -12,7 +12,8 @@ Speed matters here (the host has to feed the accelerator), so the train path
 - normalises with astype + two in-place float ops against row-tiled constants.
 `benchmarks/input_pipeline.py` measures it against a naive PIL + numpy version. With
 `fast_decode=False` the train path is the reference itself (full-size PIL decode, PIL bicubic
-of the exact box). Evaluation always resizes with PIL bicubic (transformers' processor).
+of the exact box). Evaluation always resizes with PIL bicubic (transformers' processor), after a
+DCT-scaled decode of large JPEGs unless `fast_decode=False` (see EvalImageTransform).
 
 Semantics follow BLIP (torchvision RandomResizedCrop, bicubic; BLIP's RandomAugment with ops
 Identity, AutoContrast, Brightness, Sharpness, Equalize, ShearX/Y, TranslateX/Y, Rotate, each of
@@ -38,10 +39,11 @@ except ImportError:  # pragma: no cover - simplejpeg is an install requirement
 
 from blip_jax.data.image import (
     DEFAULT_MAX_PIXELS,
+    TRANSPOSE_FOR_ORIENTATION,
     check_image_size,
     exif_block_orientation,
-    exif_orientation,
     open_image,
+    orientation_to_apply,
     to_rgb,
 )
 from blip_jax.data.records import BadRecord
@@ -121,13 +123,6 @@ def random_resized_crop_params(rng: np.random.Generator, width: int, height: int
     return (width - w) // 2, (height - h) // 2, w, h
 
 
-_TRANSPOSE_FOR_ORIENTATION = {
-    2: Image.Transpose.FLIP_LEFT_RIGHT, 3: Image.Transpose.ROTATE_180, 4: Image.Transpose.FLIP_TOP_BOTTOM,
-    5: Image.Transpose.TRANSPOSE, 6: Image.Transpose.ROTATE_270, 7: Image.Transpose.TRANSVERSE,
-    8: Image.Transpose.ROTATE_90,
-}
-
-
 def _open_oriented(image: bytes | np.ndarray, max_pixels: int, where: str, fast: bool):
     """-> (lazy PIL image, EXIF orientation, upright width, upright height).
 
@@ -143,7 +138,7 @@ def _open_oriented(image: bytes | np.ndarray, max_pixels: int, where: str, fast:
         check_image_size(w, h, max_pixels, where)
     else:
         img = open_image(image, max_pixels, where)
-        orientation = exif_orientation(img)
+        orientation = orientation_to_apply(img, where)  # a TIFF comes back loaded and upright
         w, h = img.size
     if orientation in _SWAPS_AXES:
         w, h = h, w
@@ -253,22 +248,27 @@ def _decode_upright(img: Image.Image | None, data: bytes | np.ndarray, orientati
                 raise BadRecord("decode_error", f"{where} draft: {e}") from None
     if decoded is None:
         decoded = to_rgb(img, where)
-    if orientation in _TRANSPOSE_FOR_ORIENTATION:
+    if orientation in TRANSPOSE_FOR_ORIENTATION:
         if isinstance(decoded, np.ndarray):
             decoded = Image.fromarray(decoded, "RGB")
-        decoded = decoded.transpose(_TRANSPOSE_FOR_ORIENTATION[orientation])
+        decoded = decoded.transpose(TRANSPOSE_FOR_ORIENTATION[orientation])
     return decoded
 
 
 def _resize_exact(pixels: np.ndarray | Image.Image, width: int, height: int,
                   box: tuple[float, float, float, float], out_w: int, out_h: int, where: str) -> np.ndarray:
-    """PIL bicubic resize of the upright `box` (in width x height coordinates) of the decoded
-    pixels to (out_h, out_w, 3): exactly torchvision's / transformers' PIL resize at full size."""
+    """The upright `box` (in width x height coordinates) of the decoded pixels, cropped and then
+    PIL-bicubic resized to (out_h, out_w, 3): exactly torchvision's resized_crop (img.crop(box)
+    .resize(size, BICUBIC)) and transformers' resize at full size. Cropping first matters:
+    resize(box=...) would let the filter read pixels outside the box into the border rows."""
     img = Image.fromarray(pixels, "RGB") if isinstance(pixels, np.ndarray) else pixels
     sx, sy = img.size[0] / width, img.size[1] / height
-    scaled = (box[0] * sx, box[1] * sy, min(box[2] * sx, img.size[0]), min(box[3] * sy, img.size[1]))
+    scaled = (round(box[0] * sx), round(box[1] * sy), min(round(box[2] * sx), img.size[0]),
+              min(round(box[3] * sy), img.size[1]))
     try:
-        return np.asarray(img.resize((out_w, out_h), Image.Resampling.BICUBIC, box=scaled))
+        if scaled != (0, 0, img.size[0], img.size[1]):
+            img = img.crop(scaled)
+        return np.asarray(img.resize((out_w, out_h), Image.Resampling.BICUBIC))
     except (OSError, ValueError) as e:  # lazily surfaced decoder errors
         raise BadRecord("decode_error", f"{where} resize: {e}") from None
 
@@ -312,6 +312,8 @@ def _histogram(img: np.ndarray) -> np.ndarray:
 
 def autocontrast(img: np.ndarray) -> np.ndarray:
     """Same output as PIL.ImageOps.autocontrast(cutoff=0)."""
+    # Deliberately unlike the original BLIP: its `offset = -low * scale` negates a uint8 scalar, which
+    # wraps, so every channel whose minimum is above 0 comes out all white; we match PIL instead.
     hist = _histogram(img)
     present = hist > 0
     lo = np.argmax(present, axis=1).astype(np.float64)
@@ -524,7 +526,15 @@ class TrainImageTransform:
 @dataclasses.dataclass(frozen=True)
 class EvalImageTransform:
     """Encoded bytes or uint8 (H, W, 3) -> (S, S, 3): resize to (S, S) bicubic (aspect not
-    kept, as BLIP's eval transform), then CLIP-normalised float32 (or uint8)."""
+    kept, as BLIP's eval transform), then CLIP-normalised float32 (or uint8).
+
+    `fast_decode=False` is the original BLIP exactly: full-size PIL decode, PIL bicubic resize.
+    With `fast_decode=True` a YCbCr/greyscale JPEG decodes at the smallest DCT scale 1/2 or 1/4
+    that keeps both sides >= S; when there is none, i.e. when the stored width or height is under
+    2 x S (COCO's 640x480 at S = 384 or 480; Flickr30k's 500 px images at 224 or 384), it decodes
+    at full size and the output equals the exact path bit for bit. Otherwise (COCO at 224, larger
+    photos) it differs by a mean 1.3-1.5 and up to ~15 grey levels. Other formats always decode at
+    full size."""
 
     image_size: int = 384
     normalize: bool = True

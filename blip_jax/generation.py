@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import warnings
 import weakref
 from typing import Any
 
@@ -122,7 +123,13 @@ def resolve_generation_settings(
             "max_new_tokens"
         )
     if total > text_config.max_position_embeddings:
-        raise ValueError(f"max_length {total} exceeds max_position_embeddings {text_config.max_position_embeddings}")
+        # The KV cache has a static length, so it stops at the position table's end. HF would
+        # generate until a row runs past it and then fail; here such rows end at the last position.
+        warnings.warn(f"max_length {total} exceeds max_position_embeddings {text_config.max_position_embeddings}: "
+                      f"generating at most {text_config.max_position_embeddings} tokens", stacklevel=3)
+        total = text_config.max_position_embeddings
+        if prompt_length >= total:
+            raise ValueError(f"the prompt has {prompt_length} tokens, as many as max_position_embeddings {total}")
     if min_new_tokens is not None:
         min_total = prompt_length + int(min_new_tokens)
     else:
@@ -248,6 +255,8 @@ def process_scores(
             # full sort, 36 ms instead of 0.3.)
             top = jax.lax.top_k(scores, min(max(s.top_k, min_tokens_to_keep), vocab))[0]
             if s.top_p < 1.0:
+                # (Tokens tying with the k-th survive the cut below, as in HF, but are left out of
+                # this mass; exact float32 ties in the logits are rare.)
                 # HF's nucleus rule (ascending order: drop tokens whose probability plus that of all
                 # lower ones is <= 1 - top_p) on the k survivors, whose softmax is the filtered one.
                 tail = jnp.cumsum(jax.nn.softmax(top, axis=-1)[:, ::-1], axis=-1)[:, ::-1]
@@ -259,14 +268,11 @@ def process_scores(
     return scores
 
 
-def _sample(scores: jax.Array, key: jax.Array, s: GenerationSettings) -> jax.Array:
-    """One token per row from softmax(scores) (N, V) -> (N,) int. With top_k only the k best can
-    have probability, so the Gumbel noise is drawn for those k, not for the whole vocabulary."""
-    if s.top_k == 0:
-        return jax.random.categorical(key, scores, axis=-1)
-    vals, idx = jax.lax.top_k(scores, min(s.top_k, scores.shape[-1]))
-    pick = jax.random.categorical(key, vals, axis=-1)
-    return jnp.take_along_axis(idx, pick[:, None], axis=-1)[:, 0]
+def _sample(scores: jax.Array, key: jax.Array) -> jax.Array:
+    """One token per row from softmax(scores) (N, V) -> (N,) int. The scores are the processed
+    ones, so every filtered token is -inf; drawing over the whole vocabulary (not just the top k)
+    keeps the tokens that tie with the k-th, as HF's top-k filter does."""
+    return jax.random.categorical(key, scores, axis=-1)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -343,7 +349,7 @@ def _greedy_or_sample(step, cache, ids, ignore, rng, s: GenerationSettings):
         logits, cache = step(cache, last, cur_len - 1)
         scores = process_scores(logits, seqs, cur_len, ignore, s)
         if s.do_sample:
-            tok = _sample(scores, jax.random.fold_in(rng, cur_len), s)
+            tok = _sample(scores, jax.random.fold_in(rng, cur_len))
         else:
             tok = jnp.argmax(scores, axis=-1)
         tok = jnp.where(unfinished, tok.astype(jnp.int32), s.pad_token_id)
@@ -546,6 +552,15 @@ def _broadcast_batch(x: np.ndarray, batch: int, name: str) -> np.ndarray:
     raise ValueError(f"{name} has batch {x.shape[0]} but pixel_values has batch {batch}")
 
 
+def _batch_of(pixel_values, text_batch: int) -> tuple[Any, int]:
+    """One image with several prompts or questions (what ``processor(images=img, text=[...])``
+    gives) is repeated once per text, as torch broadcasting does in HF: -> (pixel_values, B)."""
+    b = pixel_values.shape[0]
+    if b == 1 and text_batch > 1:
+        return np.repeat(np.asarray(pixel_values), text_batch, axis=0), text_batch
+    return pixel_values, b
+
+
 def _run(model, task, pixel_values, prompt_ids, prompt_mask, question_ids, question_mask, rng,
          interpolate_pos_encoding, kwargs) -> jax.Array:
     unknown = set(kwargs) - set(_GENERATION_ARGS)
@@ -595,6 +610,7 @@ def generate_captions(
         mask = None
     else:
         ids = _as_ids(input_ids, "input_ids")
+        pixel_values, b = _batch_of(pixel_values, ids.shape[0])
         if ids.shape[1] < 2:
             raise ValueError("a caption prompt needs at least 2 tokens ([CLS]/bos ... [SEP]); its last is dropped")
         ids[:, 0] = tc.bos_token_id
@@ -623,8 +639,9 @@ def generate_answers(
     question state. Other arguments as `generate_captions`. Returns int32 (B * R, L_out).
     """
     tc = model.config.text_config
-    b = pixel_values.shape[0]
-    q_ids = _broadcast_batch(_as_ids(input_ids, "input_ids"), b, "input_ids")
+    q_ids = _as_ids(input_ids, "input_ids")
+    pixel_values, b = _batch_of(pixel_values, q_ids.shape[0])
+    q_ids = _broadcast_batch(q_ids, b, "input_ids")
     q_mask = None if attention_mask is None else _broadcast_batch(_as_ids(attention_mask, "attention_mask"), b,
                                                                   "attention_mask")
     ids = np.full((b, 1), tc.bos_token_id, np.int64)

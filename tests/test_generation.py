@@ -238,15 +238,58 @@ def test_sampling_filters_match_hf_warpers(top_k, top_p, temperature, keep):
 
 
 def test_sampling_draws_follow_the_filtered_distribution():
-    """`_sample` with top_k draws among the k best only, with softmax frequencies."""
+    """`_sample` draws with softmax frequencies among the tokens the filters kept."""
     scores = np.full((1, 1000), -np.inf, np.float32)
     scores[0, [3, 500, 999]] = np.log([0.2, 0.5, 0.3])
-    s = generation.GenerationSettings(max_length=8, prompt_length=1, do_sample=True, top_k=50)
     keys = jax.random.split(jax.random.key(0), 4000)
-    draws = np.asarray(jax.vmap(lambda k: generation._sample(jax.numpy.asarray(scores), k, s))(keys))[:, 0]
+    draws = np.asarray(jax.vmap(lambda k: generation._sample(jax.numpy.asarray(scores), k))(keys))[:, 0]
     freq = {t: float((draws == t).mean()) for t in (3, 500, 999)}
     assert set(np.unique(draws)) == {3, 500, 999}
     np.testing.assert_allclose([freq[3], freq[500], freq[999]], [0.2, 0.5, 0.3], atol=0.03)
+
+
+def test_top_k_keeps_tokens_tied_with_the_kth():
+    """HF's top-k filter keeps every token scoring as high as the k-th; so do the draws."""
+    from transformers.generation import logits_process as lp
+
+    scores = np.full((1, 50), -5.0, np.float32)
+    scores[0, :4] = [2.0, 1.0, 1.0, 1.0]
+    s = generation.GenerationSettings(max_length=8, prompt_length=1, do_sample=True, top_k=2)
+    z = jax.numpy.zeros
+    processed = generation.process_scores(jax.numpy.asarray(scores), z((1, 8), jax.numpy.int32), 1,
+                                          z((1,), jax.numpy.int32), s)
+    hf = lp.TopKLogitsWarper(2)(None, torch.from_numpy(scores)).numpy()
+    np.testing.assert_array_equal(np.isfinite(np.asarray(processed)), np.isfinite(hf))
+    keys = jax.random.split(jax.random.key(1), 4000)
+    draws = np.asarray(jax.vmap(lambda k: generation._sample(processed, k))(keys))[:, 0]
+    p = np.exp(scores[0, :4] - scores[0, :4].max())
+    np.testing.assert_allclose([(draws == t).mean() for t in range(4)], p / p.sum(), atol=0.03)  # 0.475, 3 x 0.175
+
+
+def test_one_image_with_several_prompts_matches_hf(caption_models, vqa_models):
+    """processor(images=img, text=[...]) gives one image and B texts: HF broadcasts the image."""
+    hf, ours = caption_models
+    prompt = np.array([[1, 11, 12, 13, EOS], [1, 21, 22, EOS, 0], [1, 5, EOS, 0, 0]])
+    mask = (prompt != 0).astype(np.int64)
+    got = _compare(hf, ours, _pixels(9, batch=1), prompt, mask, max_length=12)
+    assert got.shape[0] == 3
+    hf, ours = vqa_models
+    question = np.array([[1, 31, 32, 33, EOS], [1, 41, EOS, 0, 0]])
+    mask = (question != 0).astype(np.int64)
+    pixels = _pixels(10, batch=1)
+    ref = _hf(hf.generate, input_ids=torch.from_numpy(question), pixel_values=_nchw(pixels),
+              attention_mask=torch.from_numpy(mask), max_length=8)
+    np.testing.assert_array_equal(np.asarray(ours.generate(question, pixels, attention_mask=mask, max_length=8)), ref)
+
+
+def test_max_length_beyond_the_position_table_is_clamped(caption_models):
+    """HF generates until a row runs past max_position_embeddings (64 here) and then fails; ours
+    stops the static cache at the table's end, with a warning: HF's output at max_length 64."""
+    hf, ours = caption_models
+    ref = _hf(hf.generate, _nchw(_pixels(3)), max_length=64, num_beams=2)
+    with pytest.warns(UserWarning, match="exceeds max_position_embeddings 64"):
+        got = np.asarray(ours.generate(_pixels(3), max_length=80, num_beams=2))
+    np.testing.assert_array_equal(got, ref)
 
 
 def test_beam_sampling_runs(caption_models):

@@ -15,6 +15,14 @@ COCO, 128 for Flickr, as the original); captions are beam search 3, 5-20 tokens,
 "a picture of "; VQA ranks the k_test 128 most likely answers of the answer list. The VQA test
 split has no public answers: the results file goes to the evaluation server.
 ``--config.dtype=bfloat16`` on accelerators.
+
+As the original code, and whatever the checkpoint's config says (HF configs leave both off): the
+image-grounded text encoder (retrieval's ITM rerank, VQA's question encoder) starts its text with
+[ENC] instead of [CLS] (``use_enc_token_for_itm=True``; every released BLIP checkpoint was trained
+so), and VQA ranks candidates by their label-smoothed (0.1) loss, as BLIP's rank_answer. For a
+checkpoint fine-tuned without [ENC] (e.g. with HF transformers) pass
+``--config.evals.<retrieval|vqa>.use_enc_token_for_itm=False``; ``--config.evals.vqa.label_smoothing=0.0``
+ranks by the plain log-likelihood.
 """
 
 import os
@@ -49,14 +57,17 @@ def get_config(arg: str = "retrieval_coco"):
     c.dtype = ""
     if kind == "vqa":
         d = vqa_data(root)
+        # BLIP's VQA encodes the question after [ENC] and its rank_answer scores a candidate by
+        # -loss of the answer decoder, whose loss has label smoothing 0.1
         ev = dict(type="vqa", data=dict(d.eval_datasets.test), answer_list=d.answer_list, method="rank",
-                  k_test=128, batch_size=32)
+                  k_test=128, batch_size=32, use_enc_token_for_itm=True, label_smoothing=0.1)
     else:
         d = coco_data(root, kind, dataset="flickr30k" if variant == "retrieval_flickr" else "coco")
         data = dict(d.eval_datasets[split])
         if kind == "retrieval":
+            # BLIP's ITM rerank feeds the image-grounded encoder [ENC] + text (its [CLS] replaced)
             ev = dict(type="retrieval", data=data, k_test=256 if variant == "retrieval_coco" else 128, max_len=35,
-                      batch_size=64)
+                      batch_size=64, use_enc_token_for_itm=True)
         else:
             # ground_truth "": built from the split's annotations (the 5 captions of each image), or
             # BLIP's coco_karpathy_<split>_gt.json; SPICE needs the Stanford models pycocoevalcap

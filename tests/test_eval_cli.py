@@ -99,3 +99,80 @@ def test_evaluators_identical_on_1_and_8_devices(tmp_path):
         assert ret1[key] == ret8[key], key
     assert outputs[1]["caption_results"] == outputs[8]["caption_results"]
     assert outputs[1]["vqa_results"] == outputs[8]["vqa_results"]
+
+
+def test_eval_config_overrides_reach_the_models(tmp_path, monkeypatch):
+    """An eval entry's use_enc_token_for_itm reaches the model `blip-jax eval` loads (its text
+    config, hence whether [ENC] replaces [CLS]), and the VQA entry's label_smoothing (or, without
+    it, the model's) is what rank inference scores with."""
+    import jax
+    import numpy as np
+
+    from blip_jax.evaluation import vqa
+    from blip_jax.train.mesh import make_mesh
+
+    data, ckpt = _tiny_export(tmp_path)  # saved with use_enc_token_for_itm=True, label_smoothing 0.0
+    cfg = tmp_path / "eval_cfg.py"
+    cfg.write_text(
+        "import importlib.util\n"
+        f"spec = importlib.util.spec_from_file_location('eval_tiny', {os.path.join(ROOT, 'configs/eval_tiny.py')!r})\n"
+        "mod = importlib.util.module_from_spec(spec)\nspec.loader.exec_module(mod)\n\n\n"
+        "def get_config(arg=''):\n"
+        "    c = mod.get_config('smoke')\n"
+        "    c.evals.retrieval.use_enc_token_for_itm = False\n"
+        "    c.evals.vqa.use_enc_token_for_itm = False\n"
+        "    c.evals.vqa.label_smoothing = 0.1\n"
+        "    return c\n")
+    captured = {}
+    real_run_evals = cli.run_evals
+
+    def fake_run_evals(config_evals, models, tokenizer, mesh, workdir, **kw):
+        captured.update(evals=config_evals, models=models, tokenizer=tokenizer)
+        os.makedirs(workdir, exist_ok=True)
+        return {}
+
+    monkeypatch.setattr(cli, "run_evals", fake_run_evals)
+    assert cli.main(["--config", str(cfg), "--checkpoint", str(ckpt), "--workdir", str(tmp_path / "eval"),
+                     f"--config.data.embedded_dir={data}"]) == 0
+    models = captured["models"]
+    assert models["retrieval"].config.text_config.use_enc_token_for_itm is False
+    assert models["vqa"].config.text_config.use_enc_token_for_itm is False
+    assert models["caption"].config.text_config.use_enc_token_for_itm is True  # no override: the checkpoint's
+    # behaviour: the question keeps its [CLS]; the checkpoint's own setting swaps it for [ENC]
+    own = BlipForQuestionAnswering.from_pretrained(str(ckpt / "vqa"))
+    tc = own.config.text_config
+    rng = np.random.default_rng(0)
+    img = own.vision_model(rng.normal(size=(2, 32, 32, 3)).astype(np.float32)).last_hidden_state
+    ids = np.asarray(captured["tokenizer"](["what colour is the circle"] * 2, return_tensors="np")["input_ids"],
+                     np.int32)
+    assert ids[0, 0] != tc.enc_token_id
+    q_over, q_own = (np.asarray(m.encode_question(ids, img)) for m in (models["vqa"], own))
+    assert np.abs(q_over - q_own).max() > 1e-3
+    enc_ids = ids.copy()
+    enc_ids[:, 0] = tc.enc_token_id
+    np.testing.assert_allclose(np.asarray(models["vqa"].encode_question(enc_ids, img)), q_own, atol=1e-6)
+
+    # the CLI path hands the entry's label smoothing (else the model's) to rank inference
+    seen = []
+    real_rank = vqa.rank_answers
+    monkeypatch.setattr(vqa, "rank_answers", lambda *a: seen.append(a[6]) or real_rank(*a))
+    mesh = make_mesh(devices=jax.devices()[:1])
+    evals = {"vqa": dict(captured["evals"].vqa)}
+    for value, want in ((0.1, 0.1), (None, 0.0), (0.0, 0.0)):
+        evals["vqa"]["label_smoothing"] = value
+        real_run_evals(evals, models, captured["tokenizer"], mesh, str(tmp_path / "eval2"), data_root=str(data))
+        assert seen[-1] == want
+    models["vqa"].config.text_config.label_smoothing = 0.1
+    evals["vqa"]["label_smoothing"] = None
+    real_run_evals(evals, models, captured["tokenizer"], mesh, str(tmp_path / "eval2"), data_root=str(data))
+    assert seen[-1] == 0.1
+    # an entry that contradicts a model built elsewhere (the training loop's) is an error, not ignored
+    evals["vqa"]["use_enc_token_for_itm"] = True
+    with pytest.raises(ValueError, match="use_enc_token_for_itm"):
+        real_run_evals(evals, models, captured["tokenizer"], mesh, str(tmp_path / "eval2"), data_root=str(data))
+    with pytest.raises(ValueError, match="disagrees"):
+        cli.text_config_overrides({"a": {"type": "retrieval", "use_enc_token_for_itm": True},
+                                   "b": {"type": "retrieval", "use_enc_token_for_itm": False}})
+    assert cli.text_config_overrides({"a": {"type": "vqa", "use_enc_token_for_itm": None},
+                                      "b": {"type": "retrieval", "use_enc_token_for_itm": True}}) == \
+        {"retrieval": {"use_enc_token_for_itm": True}}

@@ -139,10 +139,10 @@ def batches(pixels, batch_size: int, order):
     return out
 
 
-def run_eval(mesh, batch_size, order, k_test, rerank_batch_size, text_batch_size, seed=0):
+def run_eval(mesh, batch_size, order, k_test, rerank_batch_size, text_batch_size, seed=0, n_img=13):
     from blip_jax.evaluation.retrieval import evaluate_retrieval
 
-    pixels, texts, txt2img, img2txt = fake_data(seed=seed)
+    pixels, texts, txt2img, img2txt = fake_data(n_img=n_img, seed=seed)
     return evaluate_retrieval(tiny_model(seed), batches(pixels, batch_size, order), texts, txt2img, img2txt, mesh,
                               k_test=k_test, rerank_batch_size=rerank_batch_size, text_batch_size=text_batch_size)
 
@@ -200,6 +200,26 @@ def test_rerank_matches_per_query_reference():
             assert out.metrics[f"{kind}_auc_{name}"] == pytest.approx(want, abs=1e-3), (kind, name)
 
 
+def test_rerank_chunks_that_do_not_divide_the_counts():
+    """rerank_batch_size 6 splits neither the 13 images nor the 65 texts: the scores equal those of
+    one chunk holding every query (rerank_batch_size 128)."""
+    import jax
+
+    from blip_jax.train.mesh import make_mesh
+
+    mesh = make_mesh(devices=jax.devices()[:1])
+    order = np.arange(13)
+    whole = run_eval(mesh, 4, order, 7, 128, 16)
+    chunked = run_eval(mesh, 4, order, 7, 6, 16)
+    for name in ("score_i2t", "score_t2i"):
+        a, b = getattr(chunked, name), getattr(whole, name)
+        np.testing.assert_array_equal(np.isfinite(a), np.isfinite(b))
+        assert np.isfinite(a).sum() == 7 * a.shape[0]
+        np.testing.assert_allclose(a[np.isfinite(a)], b[np.isfinite(b)], atol=1e-5)
+    assert {k: chunked.metrics[k] for k in ("txt_r1", "txt_r5", "img_r1", "img_r5", "r_mean")} == \
+        {k: whole.metrics[k] for k in ("txt_r1", "txt_r5", "img_r1", "img_r5", "r_mean")}
+
+
 def sharded_check() -> dict:
     import jax
 
@@ -217,6 +237,19 @@ def sharded_check() -> dict:
                         "max_t2i_diff": float(np.nanmax(np.abs(np.nan_to_num(out.score_t2i - one.score_t2i)))),
                         "same_topk": bool((np.isfinite(out.score_i2t) == np.isfinite(one.score_i2t)).all()
                                           and (np.isfinite(out.score_t2i) == np.isfinite(one.score_t2i)).all())}
+    # rerank_batch_size not a multiple of the data-parallel size: chunks of round_up(rbs, dp) rows
+    # must tile the padded images and texts (2 devices, rbs 3: chunks of 4; 3 devices, rbs 8: of 9),
+    # against one chunk holding every query on one device
+    for name, ndev, rbs, n_img in (("2dev_rbs3", 2, 3, 6), ("3dev_rbs8", 3, 8, 20)):
+        whole = run_eval(make_mesh(devices=jax.devices()[:1]), 4, np.arange(n_img), 5, 128, 16, n_img=n_img)
+        out = run_eval(make_mesh((ndev, 1, 1), devices=jax.devices()[:ndev]), ndev, np.arange(n_img), 5, rbs, 16,
+                       n_img=n_img)
+        report[name] = {"metrics_equal": all(out.metrics[k] == whole.metrics[k] for k in
+                                             ("txt_r1", "txt_r5", "txt_r10", "img_r1", "img_r5", "img_r10")),
+                        "max_i2t_diff": float(np.nanmax(np.abs(np.nan_to_num(out.score_i2t - whole.score_i2t)))),
+                        "max_t2i_diff": float(np.nanmax(np.abs(np.nan_to_num(out.score_t2i - whole.score_t2i)))),
+                        "same_topk": bool((np.isfinite(out.score_i2t) == np.isfinite(whole.score_i2t)).all()
+                                          and (np.isfinite(out.score_t2i) == np.isfinite(whole.score_t2i)).all())}
     return report
 
 
@@ -232,6 +265,10 @@ def test_identical_on_1_and_8_devices():
         r = report[shape]
         assert r["metrics"] == one, (shape, r["metrics"], one)
         assert r["same_topk"] and r["max_i2t_diff"] <= 1e-5 and r["max_t2i_diff"] <= 1e-5, (shape, r)
+    for case in ("2dev_rbs3", "3dev_rbs8"):
+        r = report[case]
+        assert r["metrics_equal"] and r["same_topk"] and r["max_i2t_diff"] <= 1e-5 and r["max_t2i_diff"] <= 1e-5, \
+            (case, r)
 
 
 if __name__ == "__main__":

@@ -5,8 +5,11 @@ max_length 20, min_length 5 (whole sequence, prompt included, as HF ``generate``
 has the prompt's characters cut off (``caption[len(prompt):]``). Results are written as
 ``[{"image_id": int, "caption": str}]`` and scored with pycocoevalcap against a COCO-format ground
 truth (``{"images": [{"id"}], "annotations": [{"image_id", "id", "caption"}]}``): PTB tokenizer,
-BLEU-1..4, METEOR, ROUGE_L, CIDEr and optionally SPICE, over the image ids of the results (as BLIP's
-``coco_caption_eval``).
+BLEU-1..4, METEOR, ROUGE_L, CIDEr and optionally SPICE, over every image of the ground truth (as BLIP's
+``coco_caption_eval``: COCOEvalCap's default ``params['image_id'] = coco.getImgIds()``, which fails
+when an image has no result). A ground-truth image without a result is an error, except the images
+the eval pipeline skipped (unreadable files): those are left out of the scores, logged, and counted
+in the metrics as ``num_images_skipped``.
 
 Java: the PTB tokenizer, METEOR and SPICE run Java programs; without ``java`` on PATH scoring raises
 (install ``default-jre-headless``). SPICE additionally needs the Stanford CoreNLP 3.6.0 jars, which
@@ -85,10 +88,14 @@ def spice_available() -> bool:
     return os.path.exists(os.path.join(g.SPICEDIR, g.SPICELIB, f"{g.JAR}.jar"))
 
 
-def score_captions(results, ground_truth, *, spice: bool = False) -> dict[str, float]:
+def score_captions(results, ground_truth, *, spice: bool = False, skipped: Iterable[int] = ()) -> dict[str, float]:
     """pycocoevalcap scores of `results` ([{"image_id", "caption"}] or a path) against a COCO-format
-    ground truth (dict or path), over the results' image ids. -> {"Bleu_1".."Bleu_4", "METEOR",
-    "ROUGE_L", "CIDEr"[, "SPICE"]} as fractions (BLIP reports them x100)."""
+    ground truth (dict or path), over every ground-truth image (its ``images`` ids, in order; without
+    ``images``, the annotations' image ids) except the ``skipped`` ids. -> {"Bleu_1".."Bleu_4",
+    "METEOR", "ROUGE_L", "CIDEr"[, "SPICE"]} as fractions (BLIP reports them x100).
+
+    Raises ValueError when a ground-truth image that is not skipped has no result (how many, and
+    some ids), when a result's image is not in the ground truth, or an image has two results."""
     require_java()
     if spice and not spice_available():
         raise CaptionEvalError(
@@ -103,16 +110,11 @@ def score_captions(results, ground_truth, *, spice: bool = False) -> dict[str, f
     from pycocoevalcap.tokenizer.ptbtokenizer import PTBTokenizer
 
     results, gt = _load(results), _load(ground_truth)
+    img_ids = caption_image_ids(gt, results, skipped)
     gts_by_img: dict[int, list[dict]] = {}
     for a in gt["annotations"]:
-        gts_by_img.setdefault(a["image_id"], []).append(a)
-    res_by_img: dict[int, list[dict]] = {}
-    for r in results:
-        res_by_img.setdefault(r["image_id"], []).append({"image_id": r["image_id"], "caption": r["caption"]})
-    img_ids = sorted(res_by_img)  # pycocotools getImgIds order (ids of the results)
-    unknown = [i for i in img_ids if i not in gts_by_img]
-    if unknown:
-        raise ValueError(f"{len(unknown)} result image ids have no ground truth, e.g. {unknown[:5]}")
+        gts_by_img.setdefault(int(a["image_id"]), []).append(a)
+    res_by_img = {int(r["image_id"]): [{"image_id": r["image_id"], "caption": r["caption"]}] for r in results}
     tok = PTBTokenizer()
     gts = tok.tokenize({i: gts_by_img[i] for i in img_ids})
     res = tok.tokenize({i: res_by_img[i] for i in img_ids})
@@ -130,6 +132,38 @@ def score_captions(results, ground_truth, *, spice: bool = False) -> dict[str, f
         if hasattr(scorer, "close"):
             scorer.close()
     return out
+
+
+def caption_image_ids(gt: dict, results: Sequence[dict], skipped: Iterable[int] = ()) -> list[int]:
+    """The image ids to score: every ground-truth image (pycocotools ``getImgIds`` order) but the
+    ``skipped`` ones; checks that each has captions and exactly one result, and that every result's
+    image is in the ground truth."""
+    gt_ids = list(dict.fromkeys(int(i["id"]) for i in gt["images"])) if "images" in gt else \
+        list(dict.fromkeys(int(a["image_id"]) for a in gt["annotations"]))
+    known, skipped = set(gt_ids), {int(i) for i in skipped}
+    with_caps = {int(a["image_id"]) for a in gt["annotations"]}
+    counts: dict[int, int] = {}
+    for r in results:
+        counts[int(r["image_id"])] = counts.get(int(r["image_id"]), 0) + 1
+    unknown = [i for i in counts if i not in known]
+    if unknown:
+        raise ValueError(f"{len(unknown)} result image ids have no ground truth, e.g. {unknown[:5]}")
+    twice = [i for i, n in counts.items() if n > 1]
+    if twice:
+        raise ValueError(f"{len(twice)} images have more than one result, e.g. {twice[:5]}")
+    ids = [i for i in gt_ids if i not in skipped]
+    missing = [i for i in ids if i not in counts]
+    if missing:
+        raise ValueError(
+            f"{len(missing)} of the {len(gt_ids)} ground-truth images have no result (e.g. image ids "
+            f"{missing[:5]}): caption metrics are over every ground-truth image (BLIP's coco_caption_eval); "
+            "caption them all, or pass the ones the pipeline skipped as `skipped`")
+    no_caps = [i for i in ids if i not in with_caps]
+    if no_caps:
+        raise ValueError(f"{len(no_caps)} ground-truth images have no caption annotations, e.g. {no_caps[:5]}")
+    if not ids:
+        raise ValueError("no ground-truth image to score")
+    return ids
 
 
 # ---------------------------------------------------------------------------------------------
@@ -200,10 +234,18 @@ def evaluate_captioning(model, image_batches: Iterable[dict], records: Sequence[
 
     ids = [coco_image_id(r) for r in records]
     results = generate_captions(model, image_batches, tokenizer, ids, **generate_kwargs)
-    gt = ground_truth if ground_truth is not None else coco_ground_truth(records)
+    gt = _load(ground_truth) if ground_truth is not None else coco_ground_truth(records)
     suffix = "" if step is None else f"_step{step}"
-    metrics = score_captions(results, gt, spice=spice)
+    # records the pipeline skipped (unreadable images; their index never comes back) have no caption:
+    # they are left out of the scores, and said so
+    captioned = {r["image_id"] for r in results}
+    skipped = sorted({i for i in ids if i not in captioned})
+    if skipped:
+        log.warning("caption eval %s: %d of %d images were skipped by the pipeline (unreadable?) and are not "
+                    "scored, e.g. image ids %s", name, len(skipped), len(ids), skipped[:5])
+    metrics = score_captions(results, gt, spice=spice, skipped=skipped)
     metrics["num_images"] = float(len(results))
+    metrics["num_images_skipped"] = float(len(skipped))
     if scene_of is not None:
         from blip_jax.data.synthetic import scene_truth_metrics
 

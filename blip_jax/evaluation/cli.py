@@ -6,7 +6,12 @@ Runs every evaluator in ``config.evals`` (big_vision style)::
                             batch_size=64, k_test=256, max_len=35, every_n_steps=0)
     c.evals.coco_cap = dict(type="caption", data=..., prompt="a picture of ", num_beams=3, max_length=20,
                             min_length=5, spice=False, ground_truth="")   # "" = built from the annotations
-    c.evals.vqa = dict(type="vqa", data=..., answer_list=PATH, method="rank" | "generate", k_test=128)
+    c.evals.vqa = dict(type="vqa", data=..., answer_list=PATH, method="rank" | "generate", k_test=128,
+                       label_smoothing=None)   # None: the model's text_config.label_smoothing
+
+Retrieval and VQA entries may also set ``use_enc_token_for_itm`` (None / missing: the checkpoint's
+config): `load_models` applies it to the loaded model's text config (True: the image-grounded text
+encoder starts with [ENC] instead of [CLS], as the original BLIP; HF configs say False).
 
 ``--checkpoint``: an HF-format folder (config.json + weights) loaded as the class each evaluator needs
 (BlipForImageTextRetrieval / BlipForConditionalGeneration / BlipForQuestionAnswering), or the
@@ -20,6 +25,7 @@ The training loop calls `run_evals` for periodic evaluation (`due` says which ev
 from __future__ import annotations
 
 import argparse
+import collections
 import logging
 import os
 import sys
@@ -88,24 +94,34 @@ def run_evals(config_evals, models: dict, tokenizer, mesh, workdir: str, *, step
         if kind not in models:
             raise ValueError(f"evals.{name}: no {MODEL_CLASSES[kind]} model given")
         model = models[kind]
+        enc = ev.get("use_enc_token_for_itm")
+        if enc is not None and bool(enc) != model.config.text_config.use_enc_token_for_itm:
+            raise ValueError(
+                f"evals.{name}.use_enc_token_for_itm={bool(enc)} but the {MODEL_CLASSES[kind]} model's text config "
+                f"says {model.config.text_config.use_enc_token_for_itm}: the override is applied when `blip-jax eval` "
+                "loads the checkpoint (load_models); for a model built elsewhere set it in the model's config")
         spec = pl.DatasetSpec.from_any(resolve_spec(ev["data"], data_root))
         # Each process's batch must split evenly over its share of the data-parallel devices.
         per_process_dp = max(1, mesh_lib.data_parallel_size(mesh) // jax.process_count())
         batch_size = -(-int(ev.get("batch_size", 32)) // per_process_dp) * per_process_dp
-        opts = pl.LoaderOptions(batch_size=batch_size, num_threads=int(ev.get("num_threads", 4)))
+        # exact_decode: full-size JPEG decode as the original (see LoaderOptions.exact_eval_decode)
+        opts = pl.LoaderOptions(batch_size=batch_size, num_threads=int(ev.get("num_threads", 4)),
+                                exact_eval_decode=bool(ev.get("exact_decode", False)))
         image_size = int(ev.get("image_size", model.config.vision_config.image_size))
         t0 = time.time()
         if kind == "retrieval":
             from blip_jax.evaluation.retrieval import evaluate_retrieval
 
             records, _ = pl.open_source(spec)
-            texts, txt2img, img2txt = pl.retrieval_eval_texts(records, int(ev.get("max_words", 30)))
+            unusable = collections.Counter()  # captions kept as "" queries so text ids stay aligned
+            texts, txt2img, img2txt = pl.retrieval_eval_texts(records, int(ev.get("max_words", 30)), skips=unusable)
             res = evaluate_retrieval(
                 model, pl.eval_pipeline(list(records), opts, image_size=image_size), texts, txt2img, img2txt,
                 mesh, tokenizer=tokenizer, k_test=int(ev.get("k_test", 256)), max_len=int(ev.get("max_len", 35)),
                 text_batch_size=int(ev.get("text_batch_size", 128)),
                 rerank_batch_size=int(ev.get("rerank_batch_size", 8)))
             metrics = dict(res.metrics)
+            metrics["num_texts_unusable"] = float(sum(unusable.values()))
             _write(workdir, name, step, metrics, extra={"timings": res.timings})
         elif kind == "caption":
             from blip_jax.evaluation.captioning import PROMPT, evaluate_captioning
@@ -130,7 +146,8 @@ def run_evals(config_evals, models: dict, tokenizer, mesh, workdir: str, *, step
                 model, batches, tokenizer, mesh, workdir, name=name, step=step, gt_answers=raw_answers(spec.paths),
                 method=ev.get("method", "rank"), answer_list=answer_list, k_test=int(ev.get("k_test", 128)),
                 num_beams=int(ev.get("num_beams", 3)), max_length=int(ev.get("max_length", 10)),
-                min_length=int(ev.get("min_length", 1)))
+                min_length=int(ev.get("min_length", 1)),
+                label_smoothing=None if ev.get("label_smoothing") is None else float(ev["label_smoothing"]))
         metrics["seconds"] = time.time() - t0
         log.info("eval %s (%s): %s", name, kind, {k: round(v, 4) for k, v in metrics.items()})
         out.update({f"{name}/{k}": float(v) for k, v in metrics.items()})
@@ -161,7 +178,31 @@ def _write(workdir: str, name: str, step: int | None, metrics: dict, extra: dict
         write_json_atomic(os.path.join(workdir, f"{name}_metrics{suffix}.json"), {**metrics, **(extra or {})}, indent=1)
 
 
-def load_models(checkpoint: str, kinds: set[str], dtype: str | None = None) -> dict:
+TEXT_CONFIG_OVERRIDES = ("use_enc_token_for_itm",)  # eval-entry fields applied to the loaded model's text config
+
+
+def text_config_overrides(config_evals) -> dict[str, dict]:
+    """{kind: {field: value}} from the eval entries' `TEXT_CONFIG_OVERRIDES` fields (None / missing:
+    keep the checkpoint's); two entries of one kind that disagree are an error (one model per kind)."""
+    out: dict[str, dict] = {}
+    for name, ev in _as_dict(config_evals).items():
+        ev = _as_dict(ev)
+        for key in TEXT_CONFIG_OVERRIDES:
+            if ev.get(key) is None:
+                continue
+            value = bool(ev[key])
+            have = out.setdefault(ev["type"], {})
+            if have.get(key, value) != value:
+                raise ValueError(f"evals.{name}.{key}={value} disagrees with another {ev['type']} evaluator")
+            have[key] = value
+    return out
+
+
+def load_models(checkpoint: str, kinds: set[str], dtype: str | None = None,
+                text_overrides: dict[str, dict] | None = None) -> dict:
+    """{kind: model} from `checkpoint`; ``text_overrides[kind]`` ({field: value}, e.g.
+    use_enc_token_for_itm) replaces fields of that model's text config (validated as a new config,
+    then set on the config object the model and its submodules share)."""
     import blip_jax
 
     models = {}
@@ -171,7 +212,16 @@ def load_models(checkpoint: str, kinds: set[str], dtype: str | None = None) -> d
         if not os.path.exists(os.path.join(checkpoint, "config.json")) and os.path.isdir(sub):
             path = sub
         cls = getattr(blip_jax, MODEL_CLASSES[kind])
-        models[kind] = cls.from_pretrained(path, **({"dtype": dtype} if dtype else {}))
+        model = cls.from_pretrained(path, **({"dtype": dtype} if dtype else {}))
+        changes = (text_overrides or {}).get(kind) or {}
+        if changes:
+            tc = model.config.text_config
+            tc.replace(**changes)  # validation (e.g. [ENC] inside the vocabulary) before changing anything
+            for key, value in changes.items():
+                if getattr(tc, key) != value:
+                    log.info("%s: text_config.%s %s -> %s (eval config)", kind, key, getattr(tc, key), value)
+                    setattr(tc, key, value)
+        models[kind] = model
     return models
 
 
@@ -195,7 +245,7 @@ def main(argv: list[str] | None = None) -> int:
 
         data_root = ensure_embedded_dataset(cfg, workdir)
     kinds = {_as_dict(ev)["type"] for ev in _as_dict(cfg.evals).values()}
-    models = load_models(args.checkpoint, kinds, cfg.get("dtype") or None)
+    models = load_models(args.checkpoint, kinds, cfg.get("dtype") or None, text_config_overrides(cfg.evals))
     tokenizer = load_tokenizer(cfg, data_root, fallback=args.checkpoint)
     mesh = make_mesh(_as_dict(cfg.mesh) if "mesh" in cfg else None)
     metrics = run_evals(cfg.evals, models, tokenizer, mesh, workdir, data_root=data_root)

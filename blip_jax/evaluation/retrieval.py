@@ -295,7 +295,8 @@ def evaluate_retrieval(
       tokenised ``(input_ids, attention_mask)`` int (N_txt, L); identical on every process.
     txt2img (N_txt,), img2txt (N_img lists): ground truth for the metrics.
     text_batch_size / rerank_batch_size: global rows per text-encoder call / queries per rerank call
-      (rounded up to a multiple of the data-parallel size); only speed and memory depend on them.
+      (rounded up to a multiple of the data-parallel size; need not divide the counts: the rows are
+      padded to whole chunks); only speed and memory depend on them.
     Images whose record was skipped (bad file) never get a feature: they rank last as candidates
     and count as misses as queries (``num_images_missing`` in the metrics).
     """
@@ -333,7 +334,10 @@ def evaluate_retrieval(
         raise ValueError("no image batches")
     index = np.concatenate(index_l)
     valid = np.concatenate(mask_l).astype(bool)
-    n_img_pad = _round_up(n_img, dp * rerank_batch_size)
+    # Padded to whole rerank chunks of q rows (q a multiple of dp, so the rows shard evenly): a
+    # dynamic_slice of q rows at start s < n_img then never runs past the end (it would be clamped
+    # back, silently scoring other rows).
+    n_img_pad = _round_up(n_img, q)
     # perm[i] = row (in pipeline order) holding image i; images never seen point at a padding row
     # (or row 0) and are flagged invalid.
     perm = np.zeros(n_img_pad, np.int32)
@@ -355,7 +359,7 @@ def evaluate_retrieval(
         ids, tmask = tokenize_texts(tokenizer, texts, max_len)
     n_txt = ids.shape[0]
     tb = _round_up(text_batch_size, dp)
-    n_txt_pad = _round_up(n_txt, math.lcm(tb, dp * rerank_batch_size))
+    n_txt_pad = _round_up(n_txt, math.lcm(tb, q))  # whole text-encoder batches and whole rerank chunks
     ids_p, tmask_p = _pad_rows(ids, n_txt_pad), _pad_rows(tmask, n_txt_pad)
     ids_p[n_txt:, 0] = ids[0, 0] if n_txt else 0
     tmask_p[n_txt:, 0] = 1  # padding texts: one attended token, so no row is fully masked

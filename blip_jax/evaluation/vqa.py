@@ -11,18 +11,28 @@ Accuracy (VQA v2 official evaluation, ported from its documented behaviour):
 * accuracy = mean over the leave-one-annotator-out subsets (for 10 answers: the 10 subsets of 9)
   of ``min(#matching answers in the subset / 3, 1)``.
 
+This is vqaEval.py as it was before GT-Vision-Lab/VQA commit a013f00 (March 2021, "Fixed processing
+answers bug"); since then the official script applies punctuation AND digit/article processing to
+both the ground truth and the prediction, but only when the annotators disagree (a unanimous
+ground truth is compared with the raw prediction).
+
 Normalisation: punctuation (;/[]"{}()=+\\_-><@`,?!) is deleted when it touches a space or the text
 has a digit,digit comma, otherwise replaced by a space; a period not followed by a digit is deleted
 (the official regex also caps this at 32 periods per answer); lowercase; number words zero..ten and
-"none" -> digits; articles a/an/the dropped; apostrophe-less contractions restored ("dont" ->
-"don't").
+"none" -> digits; articles a/an/the dropped; contractions restored by the official evaluator's fixed
+table (`CONTRACTIONS`: "dont" -> "don't", but "im", "lets", "shes" stay as they are).
 
 Rank inference (BLIP ``rank_answer``): question states = image-grounded question encoder; the
 decoder's first-token distribution after [bos] scores every candidate of the answer list by its first
-token; the ``k_test`` best are scored by their full sequence log-likelihood (sum over the answer's
-tokens, [SEP] included, pads excluded) and the best is the answer. BLIP's original sums
-label-smoothed (0.1) cross-entropies here; we use the plain log-likelihood (``label_smoothing`` 0.0
-by default; pass 0.1 to reproduce the original exactly).
+token; the ``k_test`` best are scored by minus their summed token cross-entropy (over the answer's
+tokens, [SEP] included, pads excluded; BLIP: ``-output.loss`` of the LM head with reduction 'none')
+and the best is the answer. That cross-entropy is label-smoothed as the model's LM loss:
+``label_smoothing`` defaults to ``model.config.text_config.label_smoothing`` (0.1 for original
+Salesforce checkpoints, as BLIP's rank_answer; 0.0 for HF ones: the plain log-likelihood).
+
+Generation inference decodes over every question state with an all-ones mask (as BLIP and HF), so
+each batch's questions are first trimmed to the batch's longest question (BLIP tokenises with
+``padding='longest'``): the pipeline's fixed-width padding must not reach the answer decoder.
 """
 
 from __future__ import annotations
@@ -49,38 +59,38 @@ _PERIOD_NOT_BEFORE_DIGIT = re.compile(r"\.(?!\d)")
 _NUMBER_WORDS = {"none": "0", "zero": "0", "one": "1", "two": "2", "three": "3", "four": "4", "five": "5",
                  "six": "6", "seven": "7", "eight": "8", "nine": "9", "ten": "10"}
 _ARTICLES = {"a", "an", "the"}
-# Canonical contractions; every spelling with some apostrophes left out maps back to the canonical one.
-_CANONICAL_CONTRACTIONS = """
-ain't aren't can't could've couldn't couldn't've didn't doesn't don't hadn't hadn't've hasn't haven't he'd
-he'd've he's how'd how'll how's i'd i'd've i'm i've isn't it'd it'd've it'll let's ma'am mightn't mightn't've
-might've mustn't must've needn't not've o'clock oughtn't 'ow's'at shan't she'd've she'd she's should've
-shouldn't shouldn't've somebody'd somebody'd've somebody'll somebody's someone'd someone'd've someone'll
-someone's something'd something'd've something'll that's there'd there'd've there're there's they'd
-they'd've they'll they're they've 'twas wasn't we'd've we've weren't what'll what're what's what've when's
-where'd where's where've who'd who'd've who'll who're who's who've why'll why're why's won't would've
-wouldn't wouldn't've y'all y'all'll y'all'd've you'd you'd've you'll you're you've
-""".split()
-
-
-_REAL_WORDS = ("ill", "its", "well", "were", "wed", "hell", "shell", "id", "shed")
-
-
-def _contraction_table() -> dict[str, str]:
-    table: dict[str, str] = {}
-    for canon in _CANONICAL_CONTRACTIONS:
-        parts = canon.split("'")
-        n = len(parts) - 1
-        for keep in range(2 ** n - 1):  # every subset of apostrophes kept, except all of them
-            s = parts[0]
-            for j in range(n):
-                s += ("'" if keep >> j & 1 else "") + parts[j + 1]
-            table.setdefault(s, canon)
-    for word in _REAL_WORDS:  # apostrophe-less forms that are words of their own stay as they are
-        table.pop(word, None)
-    return table
-
-
-CONTRACTIONS = _contraction_table()
+# The official evaluator's contraction table (GT-Vision-Lab/VQA, PythonEvaluationTools/vqaEvaluation/
+# vqaEval.py, ``VQAEval.contractions``), verbatim, quirks included: words are lower-cased before the
+# look-up, so the mixed-case keys ("Im", "Ive", "Id've", "I'dve") never match ("im" stays "im"); some
+# spellings are absent ("lets", "shes", "whore", "ive"), and "somebody'd" maps to "somebodyd".
+CONTRACTIONS = {
+    "aint": "ain't", "arent": "aren't", "cant": "can't", "couldve": "could've", "couldnt": "couldn't",
+    "couldn'tve": "couldn't've", "couldnt've": "couldn't've", "didnt": "didn't", "doesnt": "doesn't", "dont": "don't",
+    "hadnt": "hadn't", "hadnt've": "hadn't've", "hadn'tve": "hadn't've", "hasnt": "hasn't", "havent": "haven't",
+    "hed": "he'd", "hed've": "he'd've", "he'dve": "he'd've", "hes": "he's", "howd": "how'd", "howll": "how'll",
+    "hows": "how's", "Id've": "I'd've", "I'dve": "I'd've", "Im": "I'm", "Ive": "I've", "isnt": "isn't", "itd": "it'd",
+    "itd've": "it'd've", "it'dve": "it'd've", "itll": "it'll", "let's": "let's", "maam": "ma'am", "mightnt": "mightn't",
+    "mightnt've": "mightn't've", "mightn'tve": "mightn't've", "mightve": "might've", "mustnt": "mustn't",
+    "mustve": "must've", "neednt": "needn't", "notve": "not've", "oclock": "o'clock", "oughtnt": "oughtn't",
+    "ow's'at": "'ow's'at", "'ows'at": "'ow's'at", "'ow'sat": "'ow's'at", "shant": "shan't", "shed've": "she'd've",
+    "she'dve": "she'd've", "she's": "she's", "shouldve": "should've", "shouldnt": "shouldn't",
+    "shouldnt've": "shouldn't've", "shouldn'tve": "shouldn't've", "somebody'd": "somebodyd",
+    "somebodyd've": "somebody'd've", "somebody'dve": "somebody'd've", "somebodyll": "somebody'll",
+    "somebodys": "somebody's", "someoned": "someone'd", "someoned've": "someone'd've", "someone'dve": "someone'd've",
+    "someonell": "someone'll", "someones": "someone's", "somethingd": "something'd", "somethingd've": "something'd've",
+    "something'dve": "something'd've", "somethingll": "something'll", "thats": "that's", "thered": "there'd",
+    "thered've": "there'd've", "there'dve": "there'd've", "therere": "there're", "theres": "there's",
+    "theyd": "they'd", "theyd've": "they'd've", "they'dve": "they'd've", "theyll": "they'll", "theyre": "they're",
+    "theyve": "they've", "twas": "'twas", "wasnt": "wasn't", "wed've": "we'd've", "we'dve": "we'd've",
+    "weve": "we've", "werent": "weren't", "whatll": "what'll", "whatre": "what're", "whats": "what's",
+    "whatve": "what've", "whens": "when's", "whered": "where'd", "wheres": "where's", "whereve": "where've",
+    "whod": "who'd", "whod've": "who'd've", "who'dve": "who'd've", "wholl": "who'll", "whos": "who's",
+    "whove": "who've", "whyll": "why'll", "whyre": "why're", "whys": "why's", "wont": "won't", "wouldve": "would've",
+    "wouldnt": "wouldn't", "wouldnt've": "wouldn't've", "wouldn'tve": "wouldn't've", "yall": "y'all",
+    "yall'll": "y'all'll", "y'allll": "y'all'll", "yall'd've": "y'all'd've", "y'alld've": "y'all'd've",
+    "y'all'dve": "y'all'd've", "youd": "you'd", "youd've": "you'd've", "you'dve": "you'd've", "youll": "you'll",
+    "youre": "you're", "youve": "you've",
+}
 
 
 def process_punctuation(text: str) -> str:
@@ -162,11 +172,27 @@ def tokenize_answers(tokenizer, answer_list: Sequence[str], bos_token_id: int, m
     return ids, mask
 
 
+def trim_questions(ids, mask, valid=None) -> tuple[np.ndarray, np.ndarray]:
+    """Question ids / mask (B, T) -> both cut to the batch's longest question (its last attended
+    column), counting only the ``valid`` rows (B,) bool when any; at least one column. Generation
+    attends to every question state (an all-ones mask, as BLIP and HF), so this makes a batch padded
+    to a fixed width answer as BLIP's batch padded to its longest question."""
+    ids, mask = np.asarray(ids), np.asarray(mask)
+    rows = mask[np.asarray(valid, bool)] if valid is not None and np.any(valid) else mask
+    cols = np.nonzero(rows.any(axis=0))[0]
+    n = int(cols[-1]) + 1 if cols.size else 1
+    return ids[:, :n], mask[:, :n]
+
+
 def rank_answers(model, question_states: jax.Array, question_mask: jax.Array, answer_ids: jax.Array,
                  answer_mask: jax.Array, k: int, label_smoothing: float = 0.0):
     """BLIP's rank_answer, batched. question_states (B, T_q, D), question_mask (B, T_q) 0/1,
     answer_ids / answer_mask (A, L_a) ([bos] first). -> (best answer index (B,) int32,
-    top-k candidate indices (B, k) int32, their sequence scores (B, k) float32)."""
+    top-k candidate indices (B, k) int32, their sequence scores (B, k) float32).
+
+    A candidate's score is minus its summed next-token cross-entropy with ``label_smoothing`` eps
+    (torch's CrossEntropyLoss semantics: ``(1 - eps) * nll + eps * mean over the vocabulary of
+    -log p``); eps 0 gives the sequence log-likelihood."""
     dec = model.text_decoder
     b = question_states.shape[0]
     start = jnp.full((b, 1), answer_ids[0, 0], jnp.int32)
@@ -189,10 +215,13 @@ def rank_answers(model, question_states: jax.Array, question_mask: jax.Array, an
 
 def answer_questions(model, batches: Iterable[dict], tokenizer, mesh, *, method: str = "rank",
                      answer_list: Sequence[str] | None = None, k_test: int = 128, num_beams: int = 3,
-                     max_length: int = 10, min_length: int = 1, label_smoothing: float = 0.0) -> list[dict]:
+                     max_length: int = 10, min_length: int = 1, label_smoothing: float | None = None) -> list[dict]:
     """Answer every question of the VQA eval batches (``pixel_values``, ``question_input_ids``,
     ``question_attention_mask``, ``question_id``, ``mask``) -> [{"question_id", "answer"}] sorted
-    by question order (all processes get all results)."""
+    by question order (all processes get all results).
+
+    label_smoothing (rank only): of the candidates' sequence loss; None = the model's
+    ``text_config.label_smoothing``."""
     from blip_jax.data.distributed import make_global_batch
     from blip_jax.evaluation.retrieval import data_axes, split_model, to_host
 
@@ -207,6 +236,9 @@ def answer_questions(model, batches: Iterable[dict], tokenizer, mesh, *, method:
         graphdef, state = split_model(model, mesh)
         a_ids, a_mask = tokenize_answers(tokenizer, answer_list, model.config.text_config.bos_token_id)
         k = min(k_test, len(answer_list))
+        if label_smoothing is None:
+            label_smoothing = float(model.config.text_config.label_smoothing)
+        log.info("VQA rank inference: k_test %d, label smoothing %g", k, label_smoothing)
 
         @jax.jit
         def step(state, pixel_values, q_ids, q_mask, a_ids, a_mask):
@@ -226,12 +258,12 @@ def answer_questions(model, batches: Iterable[dict], tokenizer, mesh, *, method:
         from blip_jax.evaluation.captioning import _gather_processes
 
         for batch in batches:
-            out = np.asarray(model.generate(batch["question_input_ids"], batch["pixel_values"],
-                                            attention_mask=batch["question_attention_mask"], num_beams=num_beams,
+            ok = np.asarray(batch["mask"]).astype(bool)
+            q_ids, q_mask = trim_questions(batch["question_input_ids"], batch["question_attention_mask"], ok)
+            out = np.asarray(model.generate(q_ids, batch["pixel_values"], attention_mask=q_mask, num_beams=num_beams,
                                             max_length=max_length, min_length=min_length))
             fixed = np.zeros((out.shape[0], max_length), np.int32)
             fixed[:, : out.shape[1]] = out[:, :max_length]
-            ok = np.asarray(batch["mask"]).astype(bool)
             meta = np.stack([np.where(ok, batch["index"], -1), np.asarray(batch["question_id"])], 1).astype(np.int32)
             fixed, meta = _gather_processes(fixed, meta, to_host)
             for row, (i, qid) in zip(fixed, meta):

@@ -17,9 +17,14 @@ def vit(size: str, image_size: int, **overrides) -> dict:
 
 
 def bert_base(**overrides) -> dict:
-    return dict(vocab_size=30524, hidden_size=768, num_hidden_layers=12, num_attention_heads=12,
-                intermediate_size=3072, max_position_embeddings=512, use_enc_token_for_itm=True,
-                label_smoothing=0.1, **overrides)
+    """BLIP's text transformer (salesforce/BLIP configs/bert_config.json for pretraining,
+    med_config.json for fine-tuning): BERT-base with dropout 0.1 on hidden states and attention
+    probabilities. Fine-tuning from an HF folder keeps these dropouts over the ones in the folder's
+    config.json (`blip_jax.train.tasks.fine_tune_config`; HF's BlipTextConfig defaults them to 0.0)."""
+    return {**dict(vocab_size=30524, hidden_size=768, num_hidden_layers=12, num_attention_heads=12,
+                   intermediate_size=3072, max_position_embeddings=512, use_enc_token_for_itm=True,
+                   label_smoothing=0.1, hidden_dropout_prob=0.1, attention_probs_dropout_prob=0.1),
+            **overrides}
 
 
 def base_config() -> ml_collections.ConfigDict:
@@ -47,6 +52,9 @@ def base_config() -> ml_collections.ConfigDict:
         itc_weight=1.0, itm_weight=1.0, lm_weight=1.0, momentum=0.995, alpha=0.4, alpha_ramp_epochs=2.0,
         label_smoothing=0.1, queue_size=57600, use_image_ids=False, prompt="a picture of ",
         temp_min=0.001, temp_max=0.5,  # the learnable ITC temperature's clamp (BLIP: [0.001, 0.5])
+        # retrieval fine-tuning's ITM negatives: "online" as blip_retrieval.py, "itc" as pretraining
+        # (see blip_jax.train.step.ObjectiveConfig)
+        retrieval_itm_negatives="online",
     ))
     # Periodic evaluation (big_vision style): evals.<name> = {type, data, every_n_steps, ...}, see
     # blip_jax/evaluation/cli.py; best_metric (e.g. "retrieval/r_mean") keeps the best checkpoint.

@@ -36,7 +36,7 @@ def get_config(arg: str = "retrieval_coco"):
     c = base_config()
     c.task = task
     c.model.vision = vit("base", size, drop_path_rate=0.1 if task == "vqa" else 0.0)
-    c.model.text = bert_base()
+    c.model.text = bert_base()  # dropout 0.1, as the original's configs/med_config.json
     c.model.dtype = "bfloat16"
     c.model.remat = True  # BLIP fine-tunes with ViT gradient checkpointing
     c.model.init.blip_checkpoint = init or "/checkpoints/model_base.pth"
@@ -48,7 +48,7 @@ def get_config(arg: str = "retrieval_coco"):
         c.data.answer_max_len, c.data.max_answers = 10, 10
         test = dict(d.eval_datasets.test)
         c.evals.vqa = dict(type="vqa", data=test, answer_list=d.answer_list, method="rank", k_test=128,
-                           image_size=size, batch_size=32, every_n_steps=-1)
+                           image_size=size, batch_size=32, every_n_steps=0)  # once, at the end, as train_vqa.py
         c.best_metric = ""  # test-dev has no local answers: results go to the evaluation server
     else:
         flickr = variant == "retrieval_flickr"
@@ -64,7 +64,7 @@ def get_config(arg: str = "retrieval_coco"):
         else:
             c.evals.caption = dict(type="caption", data=val, prompt="a picture of ", num_beams=3, max_length=20,
                                    min_length=5, image_size=size, batch_size=64, every_n_steps=-1)
-            c.best_metric = "caption/CIDEr"
+            c.best_metric = "caption/CIDEr+caption/Bleu_4"  # BLIP's train_caption.py keeps the best sum
     c.data.batch_size = batch
     c.data.embedded = False
     c.objective.alpha_ramp_epochs = 1.0  # retrieval: alpha ramped over the first epoch

@@ -26,8 +26,9 @@ def get_config(arg: str = "vit_b_14m"):
         raise ValueError(f"configs/pretrain.py: unknown variant {arg!r}")
     c = base_config()
     large = arg.startswith("vit_l")
-    c.model.vision = vit("large" if large else "base", 224, drop_path_rate=0.0)
-    c.model.text = bert_base()
+    # Stochastic depth as the original's create_vit: 0.1 for ViT-L, none for ViT-B (models/blip.py).
+    c.model.vision = vit("large" if large else "base", 224, drop_path_rate=0.1 if large else 0.0)
+    c.model.text = bert_base()  # dropout 0.1, as configs/bert_config.json
     c.model.image_text_hidden_size = 256
     c.model.dtype = "bfloat16"  # compute; params and optimiser state stay float32
     c.model.remat = large  # the original uses ViT gradient checkpointing for ViT-L
@@ -38,7 +39,11 @@ def get_config(arg: str = "vit_b_14m"):
     c.data.embedded = False
     c.data.embedded_dir = ""
     c.data.embedded_sizes = {}
-    c.data.batch_size = 2880 if not large else 2304  # global; the paper: 2880 (ViT-B) / 2400 (ViT-L)
+    # Global batch. The paper: 2880 (ViT-B) / 2400 (ViT-L); REFERENCE.md records only ViT-B's. ViT-L
+    # uses 2304 = 9 x 256 on purpose: the loop needs the global batch to divide by the data-parallel
+    # size, and 2304 splits over any power-of-two mesh up to 256 chips where 2400 = 75 x 32 stops at
+    # 32; it still divides the 57600 queue (25 batches). On <= 32 devices set data.batch_size=2400.
+    c.data.batch_size = 2880 if not large else 2304
     c.objective.queue_size = 57600
     c.objective.momentum = 0.995
     c.objective.alpha = 0.4

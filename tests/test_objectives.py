@@ -133,6 +133,120 @@ def test_negative_sampling_is_nan_safe():
     assert negs["image_for_text"][0] == 2 and negs["text_for_image"][1] == 2
 
 
+def np_negative_probs(sim, exclude, eps):
+    """Normalised sampling probabilities of BLIP's ITM negatives: softmax(sim) + eps, excluded zeroed."""
+    w = np_softmax(sim.astype(np.float64)) + eps
+    w[exclude] = 0.0
+    return w / w.sum(1, keepdims=True)
+
+
+def sampled_frequencies(negs, key, b):
+    """(B, B) frequency of each candidate over the sampled draws (leading axis) of ``negs[key]``."""
+    picks = np.asarray(negs[key])
+    return np.stack([np.bincount(picks[:, i], minlength=b) for i in range(b)]) / picks.shape[0]
+
+
+@pytest.fixture
+def itm_batch():
+    """Online features whose text partners are close; momentum text features noisier (as early in
+    training), so that the pretraining and retrieval samplers differ; images 0 and 1 are one image."""
+    rng = np.random.default_rng(5)
+    img = unit(rng.normal(size=(6, 8)))
+    txt = unit(img + 0.4 * rng.normal(size=(6, 8)))
+    img_m = unit(img + 0.6 * rng.normal(size=(6, 8)))
+    txt_m = unit(txt + 0.6 * rng.normal(size=(6, 8)))
+    ids = np.array([0, 0, 1, 2, 3, 4], np.int32)
+    return [x.astype(np.float32) for x in (img, txt, img_m, txt_m)], ids
+
+
+def test_pretraining_itm_negatives_match_numpy(itm_batch):
+    """blip_pretrain.py: softmax(in-batch block of ITC's sim_i2t / sim_t2i, online x momentum
+    features) + 1e-4, the positive zeroed; the sampled frequencies follow it."""
+    (img, txt, img_m, txt_m), _ = itm_batch
+    temp, b = 0.1, 6
+    queues = {"image": img_m[:2], "text": txt_m[:2], "idx": np.full((2,), -1, np.int32)}
+    _, sim_i2t, sim_t2i = obj.itc_loss(img, txt, img_m, txt_m, queues, temp, 0.4)
+    p_i2t = np_negative_probs(img @ txt_m.T / temp, np.eye(b, dtype=bool), 1e-4)
+    p_t2i = np_negative_probs(txt @ img_m.T / temp, np.eye(b, dtype=bool), 1e-4)
+    w = np.asarray(obj.negative_weights(sim_i2t[:, :b], jnp.eye(b, dtype=bool)), np.float64)
+    np.testing.assert_allclose(w / w.sum(1, keepdims=True), p_i2t, rtol=1e-4, atol=1e-7)
+    keys = jax.random.split(jax.random.key(0), 4000)
+    negs = jax.vmap(lambda k: obj.hard_negative_batch(k, sim_i2t, sim_t2i))(keys)
+    np.testing.assert_allclose(sampled_frequencies(negs, "text_for_image", b), p_i2t, atol=0.03)
+    np.testing.assert_allclose(sampled_frequencies(negs, "image_for_text", b), p_t2i, atol=0.03)
+
+
+def test_retrieval_itm_negatives_match_numpy(itm_batch):
+    """blip_retrieval.py: softmax(ONLINE image x ONLINE text features / temp), no + 1e-4, every
+    same-image pair zeroed; sampled frequencies follow it, and differ from the pretraining rule."""
+    (img, txt, img_m, txt_m), ids = itm_batch
+    temp, b = 0.1, 6
+    same = ids[:, None] == ids[None, :]
+    p_i2t = np_negative_probs(img @ txt.T / temp, same, 0.0)
+    p_t2i = np_negative_probs(txt @ img.T / temp, same, 0.0)
+    sim_i2t, sim_t2i = obj.retrieval_similarities(img, txt, temp)
+    np.testing.assert_allclose(np.asarray(sim_i2t), img @ txt.T / temp, rtol=1e-5, atol=1e-5)
+    for sim, want in ((sim_i2t, p_i2t), (sim_t2i, p_t2i)):
+        w = np.asarray(obj.negative_weights(sim, jnp.asarray(same), 0.0), np.float64)
+        np.testing.assert_allclose(w / w.sum(1, keepdims=True), want, rtol=1e-4, atol=1e-7)
+    keys = jax.random.split(jax.random.key(1), 4000)
+    negs = jax.vmap(lambda k: obj.retrieval_negative_batch(k, img, txt, temp, jnp.asarray(ids)))(keys)
+    assert np.asarray(negs["valid_text_for_image"]).all() and np.asarray(negs["valid_image_for_text"]).all()
+    f_i2t = sampled_frequencies(negs, "text_for_image", b)
+    f_t2i = sampled_frequencies(negs, "image_for_text", b)
+    assert f_i2t[same].sum() == 0 and f_t2i[same].sum() == 0  # never a caption of the same image
+    np.testing.assert_allclose(f_i2t, p_i2t, atol=0.03)
+    np.testing.assert_allclose(f_t2i, p_t2i, atol=0.03)
+    # The pretraining rule (online x momentum, + 1e-4) on this batch is a different distribution.
+    p_pre = np_negative_probs(img @ txt_m.T / temp, same, 1e-4)
+    assert np.abs(p_pre - p_i2t).max() > 0.1
+
+
+@pytest.mark.parametrize("use_ids,mode,sampler", [(False, "online", "hard_negative_batch"),
+                                                  (True, "online", "retrieval_negative_batch"),
+                                                  (True, "itc", "hard_negative_batch")])
+def test_step_picks_the_itm_sampler_of_its_stage(monkeypatch, use_ids, mode, sampler):
+    """Pretraining samples from ITC's similarities; retrieval fine-tuning from the online image and
+    text features and the current temperature (objective.retrieval_itm_negatives 'online', the
+    paper configs) or, with 'itc', as pretraining (the tiny configs' recorded runs)."""
+    from blip_jax.train.step import ObjectiveConfig, blip_losses
+
+    model = BlipPretrain(tiny_config(), rngs=nnx.Rngs(0))  # no dropout: training features = eval features
+    rng = np.random.default_rng(0)
+    batch = {"pixel_values": rng.normal(size=(4, 16, 16, 3)).astype(np.float32),
+             "input_ids": rng.integers(3, 90, (4, 12)).astype(np.int32),
+             "attention_mask": np.ones((4, 12), np.int32), "image_id": np.array([3, 3, 5, 8], np.int32)}
+    batch = {k: jnp.asarray(v) for k, v in batch.items()}
+    feat_m = [jnp.asarray(unit(rng.normal(size=(4, 16))), jnp.float32) for _ in range(2)]
+    seen = {}
+
+    def spy(name):
+        real = getattr(obj, name)
+
+        def fn(*args):
+            seen[name] = [np.asarray(a) if a is not None else None for a in args[1:]]
+            return real(*args)
+        return fn
+
+    for name in ("hard_negative_batch", "retrieval_negative_batch"):
+        monkeypatch.setattr(obj, name, spy(name))
+    ocfg = ObjectiveConfig(bos_token_id=94, enc_token_id=95, use_image_ids=use_ids, retrieval_itm_negatives=mode,
+                           lm_weight=0.0)
+    queues = init_queues(jax.random.key(0), 8, 16)
+    _, (metrics, _, _) = blip_losses(model, batch, *feat_m, queues, jax.random.key(1), 0.4, ocfg)
+    assert list(seen) == [sampler] and np.isfinite(float(metrics["loss_itm"]))
+    args = seen[sampler]
+    if sampler == "retrieval_negative_batch":
+        _, image_feat = model.encode_image(batch["pixel_values"])
+        text_feat = model.encode_text(batch["input_ids"], batch["attention_mask"])
+        np.testing.assert_allclose(args[0], np.asarray(image_feat), atol=1e-6)
+        np.testing.assert_allclose(args[1], np.asarray(text_feat), atol=1e-6)
+        assert float(args[2]) == pytest.approx(0.07) and args[3].tolist() == [3, 3, 5, 8]
+    else:
+        assert args[0].shape == (4, 4 + 8)  # ITC's sim_i2t: the batch's momentum keys, then the queue
+        assert (args[2] is not None) == use_ids
+
+
 def test_queue_wraps_for_any_batch_size():
     q = init_queues(jax.random.key(0), 5, 3)
     np.testing.assert_allclose(np.linalg.norm(np.asarray(q["image"]), axis=1), 1.0, rtol=1e-5)
@@ -251,6 +365,43 @@ def test_momentum_encoders_update_once_per_accumulated_update():
     for a, b in zip(ema_leaves(acc[3]), [np.asarray(x) for x in jax.tree.leaves(expected)]):
         np.testing.assert_allclose(a, b, atol=1e-6)
     assert int(acc[4].queues["ptr"]) == (4 * 4) % 40
+
+
+def test_step_with_dropout_and_drop_path():
+    """The paper configs' regularisation (text dropout 0.1, ViT drop path 0.1 as ViT-L): the online
+    encoders are stochastic in the step, the momentum features deterministic (the EMA forward, as
+    evaluated), and the jitted step trains."""
+    import optax
+
+    from blip_jax.train.state import create_train_state, split_model
+    from blip_jax.train.step import ObjectiveConfig, _momentum_features, blip_losses, make_train_step
+
+    config = tiny_config()
+    config.text_config.hidden_dropout_prob = config.text_config.attention_probs_dropout_prob = 0.1
+    config.vision_config.drop_path_rate = 0.1
+    model = BlipPretrain(config, rngs=nnx.Rngs(0))
+    gd, params, rest, mgd, ema = split_model(model)
+    rng = np.random.default_rng(0)
+    batch = {"pixel_values": rng.normal(size=(4, 16, 16, 3)).astype(np.float32),
+             "input_ids": rng.integers(3, 90, (4, 12)).astype(np.int32),
+             "attention_mask": np.ones((4, 12), np.int32)}
+    batch = {k: jnp.asarray(v) for k, v in batch.items()}
+    img_m, txt_m = _momentum_features(mgd, ema, batch, model)
+    _, want_img = model.encode_image(batch["pixel_values"])
+    np.testing.assert_allclose(np.asarray(img_m), np.asarray(want_img), atol=1e-6)  # EMA = online at start
+    np.testing.assert_allclose(np.asarray(txt_m), np.asarray(model.encode_text(batch["input_ids"],
+                                                                              batch["attention_mask"])), atol=1e-6)
+    ocfg = ObjectiveConfig(bos_token_id=94, enc_token_id=95)
+    queues = init_queues(jax.random.key(0), 40, 16)
+    losses = [float(blip_losses(model, batch, img_m, txt_m, queues, jax.random.key(1), 0.4, ocfg)[0])
+              for _ in range(2)]
+    assert losses[0] != losses[1]  # fresh dropout masks each call
+    tx = optax.adamw(1e-3)
+    state = create_train_state(params, rest, ema, tx, jax.random.key(0), 40, 16)
+    step = jax.jit(make_train_step(gd, mgd, tx, lambda s: 1e-3, ocfg))
+    for _ in range(2):
+        state, metrics = step(state, batch)
+        assert all(np.isfinite(float(metrics[k])) for k in ("loss_ita", "loss_itm", "loss_lm"))
 
 
 def test_shared_image_kv_equals_projecting_per_pair():

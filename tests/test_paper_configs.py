@@ -100,13 +100,15 @@ def test_pretrain_config_runs_epochs_of_the_mixture(layouts):
         assert os.path.exists(os.path.join(layouts["run"], "export", export, "model.safetensors"))
 
 
-@pytest.mark.parametrize("variant,export,metric", [("retrieval_coco", "retrieval", "retrieval/r_mean"),
-                                                   ("caption_coco", "captioning", "caption/CIDEr"),
-                                                   ("vqa", "vqa", "vqa/accuracy")])
-def test_finetune_configs_from_the_pretraining_export(layouts, tmp_path, variant, export, metric):
+@pytest.mark.parametrize("variant,export,metric,best,num_evals", [
+    ("retrieval_coco", "retrieval", "retrieval/r_mean", "retrieval/r_mean", 2),
+    ("caption_coco", "captioning", "caption/CIDEr", "caption/CIDEr+caption/Bleu_4", 2),
+    ("vqa", "vqa", "vqa/accuracy", "", 1)])
+def test_finetune_configs_from_the_pretraining_export(layouts, tmp_path, variant, export, metric, best, num_evals):
     """Each fine-tune starts from the pretraining run's export at a higher resolution (as BLIP goes
     from 224 to 384: here 32 -> 48 pixels, 4x4 -> 6x6 patches, the position table resized),
-    evaluates every epoch and, where the config names a best metric, keeps the best checkpoint."""
+    evaluates as BLIP's scripts do (retrieval and captioning every epoch, VQA once at the end) and,
+    where the config names a best metric, keeps the best checkpoint (captioning: CIDEr + BLEU-4)."""
     task = variant.split("_")[0]
     root = layouts["vqa"] if task == "vqa" else layouts["coco"]
     init = os.path.join(layouts["run"], "export", export)
@@ -116,9 +118,22 @@ def test_finetune_configs_from_the_pretraining_export(layouts, tmp_path, variant
     hist = history_from_jsonl(os.path.join(tmp_path, "metrics.jsonl"))
     evals = sorted(step for step, h in hist.items() if f"eval/{metric}" in h)
     last = max(hist)
-    assert len(evals) == 2 and evals[-1] == last and all(np.isfinite(hist[s][f"eval/{metric}"]) for s in evals)
-    best = os.path.join(tmp_path, "checkpoints_best", metric)
-    assert os.path.isdir(best) == (task != "vqa")  # VQA's test split has no local answers upstream
+    assert len(evals) == num_evals and evals[-1] == last
+    assert all(np.isfinite(hist[s][f"eval/{metric}"]) for s in evals)
+    if best:
+        assert os.listdir(os.path.join(tmp_path, "checkpoints_best", best))
+    else:
+        assert not os.path.exists(os.path.join(tmp_path, "checkpoints_best"))
+
+
+def test_best_metric_value():
+    from blip_jax.train.loop import best_metric_value
+
+    results = {"caption/CIDEr": 1.25, "caption/Bleu_4": 0.375}
+    assert best_metric_value("caption/CIDEr", results) == 1.25
+    assert best_metric_value("caption/CIDEr+caption/Bleu_4", results) == 1.625
+    assert best_metric_value("caption/CIDEr+caption/SPICE", results) is None  # not all reported
+    assert best_metric_value("", results) is None
 
 
 def test_capfilt_config_reads_a_folder_of_web_shards(layouts, tmp_path):

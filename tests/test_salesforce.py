@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 
+import jax
 import numpy as np
 import pytest
 
@@ -46,6 +47,7 @@ def test_retrieval_pth_matches_hf(tmp_path):
     state["image_queue"] = torch.zeros(16, 57600)
     state["idx_queue"] = torch.zeros(1, 57600)
     state["ptr_queue"] = torch.zeros(1, dtype=torch.long)
+    state["queue_ptr"] = torch.zeros(1, dtype=torch.long)  # BLIP_Pretrain's name for the pointer
     state["temp"] = torch.tensor(0.07)
     pth = tmp_path / "model_base_retrieval_coco.pth"
     torch.save({"model": state, "epoch": 5, "config": {"image_size": 30}}, pth)
@@ -104,6 +106,96 @@ def test_infer_config_from_vit_b_shapes():
     assert (tc.vocab_size, tc.num_hidden_layers, tc.num_attention_heads) == (30524, 12, 12)
     assert tc.use_enc_token_for_itm and tc.label_smoothing == 0.1
     assert cfg.image_text_hidden_size == 256
+
+
+_MOMENTUM_HEADS = ("visual_encoder", "text_encoder", "vision_proj", "text_proj")
+
+
+def _pretrain_pth(tmp_path, queue_size=24):
+    """A model_base.pth-like checkpoint: online weights, momentum copies (online + 0.5, so they are
+    told apart), feature queues stored (E, Q) as the original, queue_ptr and a trained temp."""
+    ref, folder = build_hf("BlipForImageTextRetrieval", tmp_path, seed=3)
+    state = as_salesforce(ref.state_dict())
+    for key in list(state):
+        head = key.split(".")[0]
+        if head in _MOMENTUM_HEADS:
+            state[f"{head}_m.{key[len(head) + 1:]}"] = state[key] + 0.5
+    g = torch.Generator().manual_seed(0)
+    state["image_queue"] = torch.nn.functional.normalize(torch.randn(16, queue_size, generator=g), dim=0)
+    state["text_queue"] = torch.nn.functional.normalize(torch.randn(16, queue_size, generator=g), dim=0)
+    state["queue_ptr"] = torch.tensor([12])
+    state["temp"] = torch.tensor(0.0123)
+    pth = tmp_path / "model_base.pth"
+    torch.save({"model": state, "epoch": 19}, pth)
+    return ref, state, pth, blip_jax.BlipConfig.from_pretrained(folder)
+
+
+def test_pretrain_pth_gives_blip_pretrain_its_temp_momentum_encoders_and_queues(tmp_path, caplog):
+    """As the original's load_checkpoint: temp, the momentum copies (*_m) and the queues of a
+    pretraining checkpoint are loaded (the momentum ViT's position table resized like the online
+    one's), not restarted at 0.07 / the online copy / random; the pointer and id queue start fresh;
+    queue_ptr is skipped silently."""
+    import optax
+    from flax import nnx
+
+    from blip_jax.checkpoints.init_from import initialise_pretrain_model, momentum_rules
+    from blip_jax.checkpoints.loading import variable_at
+    from blip_jax.models.pretrain import BlipPretrain
+    from blip_jax.train import tasks
+    from blip_jax.train.state import create_train_state, merge_momentum, split_model
+
+    ref, state, pth, config = _pretrain_pth(tmp_path)
+    config.vision_config.image_size = 38  # fine-tuning at a higher resolution: 15x15 -> 19x19 patches
+    model = BlipPretrain(config, rngs=nnx.Rngs(0))
+    with caplog.at_level("WARNING", logger="blip_jax.checkpoints"):
+        extra = initialise_pretrain_model(model, blip_checkpoint=str(pth))
+    assert "queue_ptr" not in caplog.text and "not used" not in caplog.text
+    assert float(model.temp[...]) == pytest.approx(0.0123)
+    np.testing.assert_allclose(np.asarray(model.vision_proj.kernel[...]), ref.vision_proj.weight.detach().numpy().T)
+
+    gd, params, rest, mgd, ema = split_model(model)
+    ema, queues = tasks.training_init(extra, model, mgd, ema, 24, 16, config)
+    momentum = merge_momentum(mgd, ema, model)
+    online = ref.state_dict()
+    checked = 0
+    for rule in momentum_rules(config):
+        got = rule.to_hf([np.asarray(variable_at(momentum, p)[...]) for p in rule.paths])
+        for key, value in zip(rule.hf_keys, got, strict=True):
+            if key == "vision_model.embeddings.position_embedding":
+                # bicubic weights sum to one: resize(table + 0.5) = resize(table) + 0.5
+                want = np.asarray(variable_at(model, rule.paths[0])[...]) + 0.5
+                assert value.shape == (1, 362, 32)
+            else:
+                want = online[key].numpy() + 0.5
+            np.testing.assert_allclose(value, want, atol=1e-5, err_msg=key)
+            checked += 1
+    assert checked > 40
+    state_0 = create_train_state(params, rest, ema, optax.sgd(0.1), jax.random.key(0), 24, 16, queues)
+    np.testing.assert_array_equal(np.asarray(state_0.queues["image"]), state["image_queue"].numpy().T)
+    np.testing.assert_array_equal(np.asarray(state_0.queues["text"]), state["text_queue"].numpy().T)
+    assert int(state_0.queues["ptr"]) == 0 and np.all(np.asarray(state_0.queues["idx"]) == -1)
+
+
+def test_pretrain_pth_queues_of_another_size_start_fresh(tmp_path, caplog):
+    """Another objective.queue_size than the checkpoint's: the queues start random (as the original
+    skips tensors of another shape), the momentum encoders still load."""
+    from flax import nnx
+
+    from blip_jax.checkpoints.init_from import initialise_pretrain_model
+    from blip_jax.models.pretrain import BlipPretrain
+    from blip_jax.train import tasks
+    from blip_jax.train.state import merge_momentum, split_model
+
+    ref, state, pth, config = _pretrain_pth(tmp_path, queue_size=20)
+    config.text_config.hidden_dropout_prob = 0.1  # the paper configs' (dropout RNG streams in the model)
+    model = BlipPretrain(config, rngs=nnx.Rngs(0))
+    extra = initialise_pretrain_model(model, blip_checkpoint=str(pth))
+    _, _, _, mgd, ema = split_model(model)
+    with caplog.at_level("WARNING", logger="blip_jax.checkpoints"):
+        ema, queues = tasks.training_init(extra, model, mgd, ema, 24, 16, config)
+    assert queues is None and "start fresh" in caplog.text
+    np.testing.assert_allclose(np.asarray(merge_momentum(mgd, ema, model).text_proj.kernel[...]),
+                               state["text_proj_m.weight"].numpy().T, atol=1e-6)
 
 
 def test_torch_load_is_weights_only(tmp_path):

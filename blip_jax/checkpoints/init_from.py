@@ -7,13 +7,15 @@ module objects whose submodules are the pretraining model's own, so values land 
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 
+import jax.numpy as jnp
 import numpy as np
 
-from blip_jax.checkpoints import hf
+from blip_jax.checkpoints import hf, salesforce
 from blip_jax.checkpoints.io import CheckpointError, read_state_dict, resolve_path
-from blip_jax.checkpoints.loading import _report, apply_state_dict, read_blip_checkpoint
+from blip_jax.checkpoints.loading import _report, apply_state_dict, as_hf_state, fit_position_table
 from blip_jax.checkpoints.salesforce import resize_position_table
 
 logger = logging.getLogger("blip_jax.checkpoints")
@@ -78,16 +80,42 @@ def bert_to_blip_names(state: dict, vocab_size: int, seed: int = 0) -> dict:
     return out
 
 
-def initialise_pretrain_model(model, *, blip_checkpoint: str = "", vision_hf: str = "", text_hf: str = "") -> None:
+@dataclasses.dataclass
+class TrainingInit:
+    """What a checkpoint holds for the train state beyond BlipPretrain's parameters (original
+    Salesforce pretraining / retrieval .pth files): the momentum encoders' weights (HF names of the
+    online modules they copy, position table fitted to the model) and the feature queues (Q, E).
+    The train loop puts them into the EMA and the queues (`blip_jax.train.tasks.training_init`)."""
+
+    source: str
+    momentum: dict[str, np.ndarray] | None = None
+    queues: dict[str, np.ndarray] | None = None  # {"image", "text"}: (Q, E)
+
+    def merged(self, later: TrainingInit | None) -> TrainingInit:
+        """This, with what a later checkpoint of a list provides taking precedence."""
+        if later is None:
+            return self
+        return TrainingInit(later.source, later.momentum if later.momentum is not None else self.momentum,
+                            later.queues if later.queues is not None else self.queues)
+
+
+def initialise_pretrain_model(model, *, blip_checkpoint: str = "", vision_hf: str = "",
+                              text_hf: str = "") -> TrainingInit | None:
     """Fill a BlipPretrain in place; what is not in the given checkpoints stays random (reported).
 
     The HF rules address parameters by attribute path; BlipPretrain names its submodules as the HF
     classes do (vision_model, text_encoder, text_decoder, vision_proj, text_proj, itm_head), so the
-    retrieval and captioning rules apply to it directly."""
+    retrieval and captioning rules apply to it directly.
+
+    From a Salesforce .pth the ITC temperature is loaded too (the original's load_checkpoint loads
+    every tensor of matching shape), and the momentum encoders and feature queues it carries are
+    returned as a `TrainingInit` for the train state (they are not module state here); None when
+    the checkpoint has neither."""
     config = model.config
     tc, vc = config.text_config, config.vision_config
     if blip_checkpoint:
-        state, source = read_blip_checkpoint(blip_checkpoint, config)
+        raw, source = read_state_dict(resolve_path(blip_checkpoint))
+        state = as_hf_state(raw, config)
         # Decoder first, then the encoder: the parameters they share end with the encoder's values.
         for name in ("BlipForConditionalGeneration", "BlipForImageTextRetrieval"):
             rules = hf.blip_rules(name, config)
@@ -95,7 +123,17 @@ def initialise_pretrain_model(model, *, blip_checkpoint: str = "", vision_hf: st
                 continue
             info = apply_state_dict(model, state, source, rules)
             _report(type(model), info)
-        return
+        extra = salesforce.training_state(raw) if salesforce.is_salesforce_state_dict(raw) else {}
+        del raw, state
+        if "temp" in extra:
+            model.temp.value = jnp.asarray(extra["temp"], model.temp.dtype)
+            logger.info("loaded the ITC temperature %.4f from %s", float(extra["temp"]), source)
+        momentum = fit_position_table(extra["momentum"], config) if "momentum" in extra else None
+        queues = ({"image": extra["image_queue"], "text": extra["text_queue"]}
+                  if "image_queue" in extra and "text_queue" in extra else None)
+        if momentum is None and queues is None:
+            return None
+        return TrainingInit(source, momentum, queues)
     if vision_hf:
         state, source = read_state_dict(resolve_path(vision_hf))
         state = vit_to_blip_names(state, vc.num_patches)
@@ -120,4 +158,24 @@ def initialise_pretrain_model(model, *, blip_checkpoint: str = "", vision_hf: st
         logger.info("initialised the text encoder/decoder from %s (cross-attention starts random)", source)
 
 
-__all__ = ["initialise_pretrain_model", "vit_to_blip_names", "bert_to_blip_names"]
+def momentum_rules(config) -> list[hf.Rule]:
+    """HF-named rules of the momentum-tracked modules (blip_jax.models.pretrain.MOMENTUM_MODULES)."""
+    tc, vc = config.text_config, config.vision_config
+    rules = hf.vision_rules("vision_model.", ("vision_model",), vc.num_hidden_layers)
+    rules += hf.text_rules("text_encoder.", ("text_encoder",), tc.num_hidden_layers, True, False)
+    for head in ("vision_proj", "text_proj"):
+        rules += hf.linear(head, (head,))
+    return rules
+
+
+def load_momentum(momentum_view, state: dict[str, np.ndarray], source: str, config) -> None:
+    """Fill the momentum encoders (a `blip_jax.train.state.MomentumEncoders` merged from the EMA
+    state) from `TrainingInit.momentum` in place; tensors the checkpoint lacks keep their values
+    (the online copy the EMA starts from), and are reported."""
+    info = apply_state_dict(momentum_view, state, source, momentum_rules(config))
+    if info.missing_keys or info.unexpected_keys:
+        _report(type(momentum_view), info)
+    logger.info("initialised the momentum encoders from %s", source)
+
+
+__all__ = ["TrainingInit", "initialise_pretrain_model", "load_momentum", "vit_to_blip_names", "bert_to_blip_names"]

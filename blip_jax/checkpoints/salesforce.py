@@ -2,9 +2,10 @@
 caption / retrieval / VQA .pth files) mapped onto HF key names, then loaded by the HF rules.
 
 Their ViT is timm's (visual_encoder.blocks.{i}.attn.qkv ...); the text stacks already use
-HF/BERT names (text_encoder.*, text_decoder.bert.*, text_decoder.cls.*). Momentum copies and
-feature queues (pretraining/retrieval state) have no place in the inference classes and are
-reported as skipped.
+HF/BERT names (text_encoder.*, text_decoder.bert.*, text_decoder.cls.*). Momentum copies, feature
+queues and the ITC temperature (pretraining/retrieval state) have no place in the inference classes
+and are reported as skipped; `training_state` hands them to BlipPretrain's initialisation
+(`blip_jax.checkpoints.init_from`), which loads them as the original's load_checkpoint does.
 """
 
 from __future__ import annotations
@@ -29,8 +30,11 @@ _VIT_RENAMES = [
     (r"^visual_encoder\.blocks\.(\d+)\.mlp\.", r"vision_model.encoder.layers.\1.mlp."),
     (r"^visual_encoder\.norm\.", "vision_model.post_layernorm."),
 ]
-# Training-only state in pretrain / retrieval checkpoints.
-_SKIP = re.compile(r"^(\w+_m\.|\w+_m$|image_queue|text_queue|idx_queue|ptr_queue|temp$)")
+# Training-only state in pretrain / retrieval checkpoints (queue_ptr: BLIP_Pretrain's queue pointer,
+# ptr_queue: BLIP_Retrieval's).
+_SKIP = re.compile(r"^(\w+_m\.|\w+_m$|image_queue|text_queue|idx_queue|ptr_queue|queue_ptr$|temp$)")
+# The momentum copies (original: model_pairs), under the names of the modules they copy.
+_MOMENTUM = re.compile(r"^(visual_encoder|vision_proj|text_encoder|text_proj)_m\.")
 
 
 def is_salesforce_state_dict(state: dict) -> bool:
@@ -89,8 +93,28 @@ def to_hf_state_dict(state: dict) -> dict:
                 break
         out[new] = value
     if skipped:
-        logger.info("Salesforce checkpoint: skipped %d training-only tensors (momentum encoders, queues, temp)",
-                    len(skipped))
+        logger.info("Salesforce checkpoint: skipped %d training-only tensors (momentum encoders, queues, temp; "
+                    "a BlipPretrain reads them separately)", len(skipped))
+    return out
+
+
+def training_state(state: dict) -> dict:
+    """The training-only tensors of a Salesforce state dict that BlipPretrain can use:
+    {"temp": () array, "momentum": HF-named state dict of the momentum encoders (the online modules'
+    names, e.g. vision_model.*, text_proj.*), "image_queue" / "text_queue": (Q, E) (the original
+    stores (E, Q))}, each present only when the checkpoint has it. The image-id queue and the
+    pointer start fresh (ids -1: no positives, pointer 0), as the original's retrieval model makes
+    them when it starts from a pretraining checkpoint (which has neither); a retrieval checkpoint's
+    idx_queue is not carried over, so its ids cannot collide with another dataset's."""
+    out = {}
+    if "temp" in state and np.asarray(state["temp"]).size == 1:
+        out["temp"] = np.asarray(state["temp"], np.float32).reshape(())
+    momentum = {_MOMENTUM.sub(r"\1.", k): v for k, v in state.items() if _MOMENTUM.match(k)}
+    if momentum:
+        out["momentum"] = to_hf_state_dict(momentum)
+    for name in ("image_queue", "text_queue"):
+        if name in state and np.asarray(state[name]).ndim == 2:
+            out[name] = np.asarray(state[name]).T
     return out
 
 

@@ -5,7 +5,9 @@ blocks ARE the encoder's (the same nnx modules, so `nnx.split` stores each array
 roles' gradients add up in it); each decoder layer owns only its causal self-attention, and the
 decoder owns its LM head. Momentum (EMA) copies and feature queues are not module state: they
 live in the train state (`blip_jax.train.state`), and the momentum forward reuses this module's
-graph with the EMA parameters merged in.
+graph with the EMA parameters merged in. An original Salesforce checkpoint's momentum copies and
+queues therefore reach the train state, not this module: `checkpoints.init_from` reads them (and
+the temperature, which is a parameter here) and `train.tasks.training_init` places them.
 
 HF-compatible export: `to_hf_state_dict()`-style naming is shared with BlipForImageTextRetrieval
 (visual/text encoder, vision_proj, text_proj, itm_head) and BlipForConditionalGeneration

@@ -154,7 +154,7 @@ def train(cfg: ml_collections.ConfigDict, workdir: str) -> TrainResult:
     if total_steps <= 0:
         raise ValueError("set total_steps or num_epochs")
 
-    model = tasks.build_model(cfg, config, cfg.seed)
+    model, init_extra = tasks.build_model(cfg, config, cfg.seed)
     # Schedules count optimiser updates; with accumulation one update spans `accum` micro-steps.
     accum = max(1, int(cfg.optimizer.optim.get("accum_steps", 1)))
     tx, update_schedule = make_optimizer(cfg.optimizer, max(1, steps_per_epoch // accum), max(1, total_steps // accum))
@@ -172,10 +172,13 @@ def train(cfg: ml_collections.ConfigDict, workdir: str) -> TrainResult:
             ocfg = dataclasses.replace(ocfg, use_image_ids=True, lm_weight=0.0)
         step_fn = make_train_step(graphdef, momentum_graphdef, tx, schedule, ocfg, accum_steps=accum)
         queue_size = int(cfg.objective.queue_size)
+        # A Salesforce checkpoint's momentum encoders and queues, as the original loads them.
+        ema, loaded_queues = tasks.training_init(init_extra, model, momentum_graphdef, ema, queue_size,
+                                               config.image_text_hidden_size, config)
         itm, lm = ocfg.itm_weight > 0, ocfg.lm_weight > 0
     else:
         graphdef, params, rest = nnx.split(model, nnx.Param, ...)
-        ema, queue_size, itm, lm = None, 0, False, True
+        ema, queue_size, itm, lm, loaded_queues = None, 0, False, True, None
         tc = config.text_config
         smoothing = float(cfg.objective.label_smoothing)
         if task == "caption":
@@ -190,12 +193,12 @@ def train(cfg: ml_collections.ConfigDict, workdir: str) -> TrainResult:
                 return tasks.vqa_loss(m, b, smoothing, tc.bos_token_id, enc)
         step_fn = make_supervised_step(graphdef, tx, schedule, loss_fn)
 
-    initial = {"params": params, "rest": rest, "ema": ema}
-    del params, rest, ema  # only `initial` holds the random weights; freed once the state exists
+    initial = {"params": params, "rest": rest, "ema": ema, "queues": loaded_queues}
+    del params, rest, ema, loaded_queues, init_extra  # only `initial` holds them; freed once the state exists
 
     def init_state():
         return create_train_state(initial["params"], initial["rest"], initial["ema"], tx, jax.random.key(cfg.seed),
-                                  queue_size, config.image_text_hidden_size)
+                                  queue_size, config.image_text_hidden_size, initial["queues"])
 
     abstract = jax.eval_shape(init_state)
     shardings = mesh_lib.train_state_shardings(abstract, tx, mesh, cfg.sharding_rules)
@@ -285,8 +288,9 @@ def train(cfg: ml_collections.ConfigDict, workdir: str) -> TrainResult:
                 writer.write_scalars(step, {f"eval/{k}": v for k, v in results.items()})
                 history.append({"step": step, **{f"eval/{k}": v for k, v in results.items()}})
                 best = cfg.get("best_metric", "")
-                if best and best in results:
-                    checkpointer.save_best(step, state, best, results[best], cfg.get("best_mode", "max"))
+                value = best_metric_value(best, results)
+                if value is not None:
+                    checkpointer.save_best(step, state, best, value, cfg.get("best_mode", "max"))
             if must_save or stop:
                 # The iterator now stands at batch `step`: exactly where a resumed run must start.
                 checkpointer.save(step, state, data_iter, cfg, force=stop or step == total_steps)
@@ -334,6 +338,16 @@ def _resume(checkpointer, abstract, data_iter, cfg, workdir: str):
     if changes:
         log.warning("resuming step %d with a config that differs from the checkpoint's: %s", step, "; ".join(changes))
     return state, step
+
+
+def best_metric_value(best: str, results: dict[str, float]) -> float | None:
+    """The value `best_metric` names in one evaluation's results: one metric ("caption/CIDEr") or
+    a sum of them ("caption/CIDEr+caption/Bleu_4", BLIP's caption rule); None when `best` is empty
+    or an evaluation that does not report all of them ran."""
+    names = [n for n in best.split("+") if n]
+    if not names or any(n not in results for n in names):
+        return None
+    return float(sum(results[n] for n in names))
 
 
 def print_loss_table(history: list[dict]) -> None:

@@ -2,10 +2,19 @@
 
 ITC: contrastive loss against [momentum features of the batch ; queue] with momentum
 distillation targets. ITM: matched pairs plus one hard negative image per text and one hard
-negative text per image, sampled from the similarity softmax over the GLOBAL batch. LM: the
-image-grounded decoder's next-token loss with label smoothing. Everything is written for the
-whole global batch: under jit with sharded inputs XLA inserts the cross-device gathers, so the
-"gather before enqueue" and "sample over the global batch" of the original come for free.
+negative text per image. LM: the image-grounded decoder's next-token loss with label smoothing.
+Everything is written for the whole global batch: under jit with sharded inputs XLA inserts the
+cross-device gathers, so the original's "gather before enqueue" comes for free.
+
+ITM negatives follow the original per stage, with one difference: ours are drawn from the GLOBAL
+batch everywhere.
+- Pretraining (blip_pretrain.py, `hard_negative_batch`): softmax over the in-batch block of ITC's
+  similarities (online features against the momentum ones) + 1e-4, the positive zeroed. The
+  original samples within each GPU's batch; over the global batch is our choice (more and harder
+  candidates), so a run on N devices does not reproduce the original's per-device sampling.
+- Retrieval fine-tuning (blip_retrieval.py, `retrieval_negative_batch`): softmax of ONLINE image
+  features against ONLINE text features / temp, no + 1e-4, every same-image pair zeroed. There the
+  original samples over all GPUs (negative_all_rank, COCO) or per GPU (Flickr30k).
 """
 
 from __future__ import annotations
@@ -64,13 +73,15 @@ def itc_loss(
     return (loss_i2t + loss_t2i) / 2.0, sim_i2t, sim_t2i
 
 
-def negative_weights(sim: jax.Array, exclude: jax.Array) -> jax.Array:
-    """softmax(sim) + 1e-4 over candidates, zero where ``exclude`` (the positive, same image id).
+def negative_weights(sim: jax.Array, exclude: jax.Array, eps: float = 1e-4) -> jax.Array:
+    """softmax(sim) + ``eps`` over candidates, zero where ``exclude`` (the positive, same image id).
 
-    sim (B, B) float, exclude (B, B) bool -> (B, B) non-negative weights. Rows may be all zero
-    (batch of one, or every candidate is a positive): `sample_negatives` handles those.
+    sim (B, B) float, exclude (B, B) bool -> (B, B) non-negative weights. eps: 1e-4 in pretraining,
+    0 in retrieval fine-tuning, as the original. Rows may be all zero (batch of one, every candidate
+    a positive, or every candidate's probability underflowing with eps 0): `sample_negatives`
+    handles those.
     """
-    w = jax.nn.softmax(sim.astype(jnp.float32), axis=1) + 1e-4
+    w = jax.nn.softmax(sim.astype(jnp.float32), axis=1) + eps
     w = jnp.where(jnp.isfinite(w), w, 1.0)  # a NaN similarity must not poison the sampler
     return jnp.where(exclude, 0.0, w)
 
@@ -95,13 +106,24 @@ def itm_loss(logits: jax.Array, labels: jax.Array, weights: jax.Array) -> jax.Ar
     return jnp.sum(loss * weights) / jnp.maximum(jnp.sum(weights), 1.0)
 
 
+def _negatives(rng: jax.Array, sim_i2t: jax.Array, sim_t2i: jax.Array, exclude: jax.Array,
+               eps: float) -> dict[str, jax.Array]:
+    k1, k2 = jax.random.split(rng)
+    image_for_text, valid_t = sample_negatives(k1, negative_weights(sim_t2i, exclude, eps))
+    text_for_image, valid_i = sample_negatives(k2, negative_weights(sim_i2t, exclude, eps))
+    return {"image_for_text": image_for_text, "text_for_image": text_for_image,
+            "valid_image_for_text": valid_t, "valid_text_for_image": valid_i}
+
+
 def hard_negative_batch(
     rng: jax.Array,
     sim_i2t: jax.Array,
     sim_t2i: jax.Array,
     image_ids: jax.Array | None = None,
 ) -> dict[str, jax.Array]:
-    """Pick the ITM negatives from the in-batch block of the similarity matrices (B, B+Q).
+    """Pretraining ITM negatives: sampled from softmax + 1e-4 of the in-batch block of ITC's
+    similarity matrices (B, B+Q) (online features against the batch's momentum features), the
+    positive (and, given ``image_ids``, every same-image pair) excluded.
 
     Returns indices of a negative image per text ("image_for_text"), a negative text per image
     ("text_for_image") and their validity masks.
@@ -110,11 +132,30 @@ def hard_negative_batch(
     exclude = jnp.eye(b, dtype=bool)
     if image_ids is not None:
         exclude = exclude | (image_ids[:, None] == image_ids[None, :])
-    k1, k2 = jax.random.split(rng)
-    image_for_text, valid_t = sample_negatives(k1, negative_weights(sim_t2i[:, :b], exclude))
-    text_for_image, valid_i = sample_negatives(k2, negative_weights(sim_i2t[:, :b], exclude))
-    return {"image_for_text": image_for_text, "text_for_image": text_for_image,
-            "valid_image_for_text": valid_t, "valid_text_for_image": valid_i}
+    return _negatives(rng, sim_i2t[:, :b], sim_t2i[:, :b], exclude, 1e-4)
+
+
+def retrieval_similarities(image_feat: jax.Array, text_feat: jax.Array, temp: jax.Array | float
+                           ) -> tuple[jax.Array, jax.Array]:
+    """(sim_i2t, sim_t2i) (B, B) of ONLINE image and text features / temp, as blip_retrieval.py's
+    ITM sampler computes them (not ITC's similarities against the momentum features)."""
+    sim_i2t = image_feat.astype(jnp.float32) @ text_feat.astype(jnp.float32).T / temp
+    return sim_i2t, sim_i2t.T
+
+
+def retrieval_negative_batch(
+    rng: jax.Array,
+    image_feat: jax.Array,
+    text_feat: jax.Array,
+    temp: jax.Array | float,
+    image_ids: jax.Array,
+) -> dict[str, jax.Array]:
+    """Retrieval fine-tuning ITM negatives (blip_retrieval.py): sampled from the plain softmax (no
+    + 1e-4) of online image x online text similarities / temp, every pair of the same image id
+    zeroed (the positive among them). Same outputs as `hard_negative_batch`."""
+    sim_i2t, sim_t2i = retrieval_similarities(image_feat, text_feat, temp)
+    same = image_ids[:, None] == image_ids[None, :]
+    return _negatives(rng, sim_i2t, sim_t2i, same, 0.0)
 
 
 def lm_targets(input_ids: jax.Array, attention_mask: jax.Array, bos_token_id: int,

@@ -57,21 +57,36 @@ def split_model(model):
     """(graphdef, params, rest, momentum_graphdef, ema) for a BlipPretrain-like model; the EMA starts
     as a copy of the online weights (original: copy_params)."""
     graphdef, params, rest = nnx.split(model, nnx.Param, ...)
-    momentum_graphdef, ema = nnx.split(momentum_view(model), nnx.Param)
+    # The view's other variables are the online modules' dropout / drop-path RNG streams (present
+    # when the config has dropout): not momentum state; `merge_momentum` borrows them.
+    momentum_graphdef, ema, _ = nnx.split(momentum_view(model), nnx.Param, ...)
     ema = jax.tree.map(lambda x: x.copy() if hasattr(x, "copy") else x, ema)
     return graphdef, params, rest, momentum_graphdef, ema
 
 
-def create_train_state(params, rest, ema, tx, rng: jax.Array, queue_size: int = 0, embed_dim: int = 0) -> TrainState:
+def merge_momentum(momentum_graphdef, ema, model):
+    """The momentum encoders as modules: the EMA parameters in the momentum graph, with its
+    non-parameter variables (the dropout / drop-path RNG streams, which the deterministic momentum
+    forward never draws from) taken from the online ``model``."""
+    return nnx.merge(momentum_graphdef, ema, nnx.state(momentum_view(model), nnx.Not(nnx.Param)))
+
+
+def create_train_state(params, rest, ema, tx, rng: jax.Array, queue_size: int = 0, embed_dim: int = 0,
+                       queues: dict | None = None) -> TrainState:
     """A fresh state at step 0 (jit this with out_shardings to build it directly on the mesh).
-    ``queue_size`` 0 means no feature queues (objectives without ITC)."""
+    ``queue_size`` 0 means no feature queues (objectives without ITC). ``queues``: initial
+    {"image", "text"} (queue_size, embed_dim) features (a checkpoint's) replacing the random ones;
+    the id queue and the pointer start fresh all the same."""
     rng, queue_rng = jax.random.split(rng)
+    fresh = init_queues(queue_rng, queue_size, embed_dim) if queue_size else None
+    if fresh is not None and queues:
+        fresh = {**fresh, **{k: jnp.asarray(v, fresh[k].dtype) for k, v in queues.items() if k in ("image", "text")}}
     return TrainState(
         step=jnp.zeros((), jnp.int32),
         params=params,
         rest=rest,
         ema=ema,
-        queues=init_queues(queue_rng, queue_size, embed_dim) if queue_size else None,
+        queues=fresh,
         opt_state=tx.init(params),
         rng=rng,
     )

@@ -19,7 +19,7 @@ from flax import nnx
 from blip_jax.models.blip import l2_normalize
 from blip_jax.models.pretrain import enqueue
 from blip_jax.train import objectives as obj
-from blip_jax.train.state import TrainState, ema_update, momentum_view
+from blip_jax.train.state import TrainState, ema_update, merge_momentum, momentum_view
 
 
 @dataclasses.dataclass(frozen=True)
@@ -36,8 +36,18 @@ class ObjectiveConfig:
     temp_min: float = 0.001
     temp_max: float = 0.5
     use_image_ids: bool = False  # retrieval fine-tuning: same-image pairs are positives
+    # Retrieval fine-tuning's ITM negatives: "online" samples as blip_retrieval.py (online image x
+    # online text features, softmax without + 1e-4); "itc" as pretraining (ITC's similarities against
+    # the momentum features, + 1e-4), blip-jax's earlier choice (an ablation).
+    # Both zero every same-image pair.
+    retrieval_itm_negatives: str = "online"
     enc_token_id: int | None = 30523  # None keeps [CLS] for ITM (HF flavour)
     bos_token_id: int = 30522
+
+    def __post_init__(self):
+        if self.retrieval_itm_negatives not in ("online", "itc"):
+            raise ValueError("objective.retrieval_itm_negatives must be 'online' or 'itc', got "
+                             f"{self.retrieval_itm_negatives!r}")
 
     @classmethod
     def from_config(cls, cfg, text_config) -> ObjectiveConfig:
@@ -49,8 +59,12 @@ class ObjectiveConfig:
         return cls(**kw)
 
 
-def _momentum_features(momentum_graphdef, ema, batch):
-    model_m = nnx.merge(momentum_graphdef, ema)
+def _momentum_features(momentum_graphdef, ema, batch, model):
+    """ITC's momentum features of the batch. Deterministic: no dropout in the momentum text encoder
+    (nor drop path in a ViT-L momentum encoder), where the original's momentum encoders run in train
+    mode, with the online encoders' dropout 0.1 (and ViT-L's drop path 0.1). Our distillation
+    targets and queue entries are thus the momentum model's clean features, not dropout-noised ones."""
+    model_m = merge_momentum(momentum_graphdef, ema, model)
     states = model_m.vision_model(batch["pixel_values"]).last_hidden_state
     image_feat = l2_normalize(model_m.vision_proj(states[:, 0]))
     text = model_m.text_encoder(batch["input_ids"], batch["attention_mask"]).last_hidden_state
@@ -78,8 +92,12 @@ def blip_losses(model, batch, image_feat_m, text_feat_m, queues, rng, alpha, ocf
     total += ocfg.itc_weight * loss_ita
 
     if ocfg.itm_weight:
-        negs = obj.hard_negative_batch(rng, jax.lax.stop_gradient(sim_i2t), jax.lax.stop_gradient(sim_t2i),
-                                       image_ids)
+        sg = jax.lax.stop_gradient
+        if image_ids is not None and ocfg.retrieval_itm_negatives == "online":
+            # retrieval fine-tuning: online x online features, as blip_retrieval.py
+            negs = obj.retrieval_negative_batch(rng, sg(image_feat), sg(text_feat), sg(temp), image_ids)
+        else:  # pretraining: ITC's similarities (online x momentum features), as blip_pretrain.py
+            negs = obj.hard_negative_batch(rng, sg(sim_i2t), sg(sim_t2i), image_ids)
         enc_ids = ids if ocfg.enc_token_id is None else ids.at[:, 0].set(ocfg.enc_token_id)
         b = ids.shape[0]
         # (text_i, image_i) positives, (text_i, hard image) and (hard text, image_i) negatives, in one
@@ -135,11 +153,13 @@ def make_train_step(graphdef, momentum_graphdef, tx: optax.GradientTransformatio
                                lambda: ema_update(state.ema, online, ocfg.momentum), lambda: state.ema)
         else:
             ema = ema_update(state.ema, online, ocfg.momentum)
-        image_feat_m, text_feat_m = _momentum_features(momentum_graphdef, ema, batch)
+        image_feat_m, text_feat_m = _momentum_features(momentum_graphdef, ema, batch, model)
         alpha = obj.alpha_schedule(state.step, ocfg.alpha, ocfg.alpha_ramp_steps)
 
         def loss_fn(p):
-            m = nnx.merge(graphdef, p, state.rest)
+            # copy=True: fresh variables in this trace, so dropout / drop path may advance their RNG
+            # counts here (the state's own belong to the jit trace: TraceContextError otherwise)
+            m = nnx.merge(graphdef, p, state.rest, copy=True)
             loss, aux = blip_losses(m, batch, image_feat_m, text_feat_m, state.queues, itm_rng, alpha, ocfg)
             return loss, (aux, nnx.state(m, nnx.Not(nnx.Param)))
 
@@ -181,7 +201,7 @@ def make_supervised_step(graphdef, tx: optax.GradientTransformation, schedule, l
 
     def train_step(state: TrainState, batch: dict) -> tuple[TrainState, dict]:
         def loss_of(p):
-            m = nnx.merge(graphdef, p, state.rest)
+            m = nnx.merge(graphdef, p, state.rest, copy=True)  # as in make_train_step: dropout RNG counts
             loss, metrics = loss_fn(m, batch)
             return loss, (metrics, nnx.state(m, nnx.Not(nnx.Param)))
 

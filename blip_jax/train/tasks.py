@@ -38,7 +38,10 @@ def model_class(task: str):
 def build_model(cfg, config: BlipConfig, seed: int):
     """The task's model, randomly initialised, then filled from cfg.model.init:
     blip_checkpoint (a folder/file or a list, applied in order: HF folder of any BLIP class, or a
-    Salesforce .pth), or vision_hf / text_hf unimodal HF checkpoints (pretraining)."""
+    Salesforce .pth), or vision_hf / text_hf unimodal HF checkpoints (pretraining).
+
+    Returns (model, `TrainingInit` or None): the momentum encoders and feature queues that a
+    Salesforce checkpoint gives a BlipPretrain, for `training_init`."""
     from blip_jax.checkpoints import hf
     from blip_jax.checkpoints.init_from import initialise_pretrain_model
     from blip_jax.checkpoints.loading import _report, apply_state_dict, read_blip_checkpoint
@@ -49,15 +52,47 @@ def build_model(cfg, config: BlipConfig, seed: int):
     sources = [sources] if isinstance(sources, str) else list(sources or [])
     sources = [s for s in sources if s]
     if isinstance(model, BlipPretrain):
+        extra = None
         for src in sources:
-            initialise_pretrain_model(model, blip_checkpoint=src)
+            loaded = initialise_pretrain_model(model, blip_checkpoint=src)
+            extra = loaded if extra is None else extra.merged(loaded)
         if init.vision_hf or init.text_hf:
             initialise_pretrain_model(model, vision_hf=init.vision_hf, text_hf=init.text_hf)
-        return model
+        return model, extra
     for src in sources:
         state, source = read_blip_checkpoint(src, config)
         _report(type(model), apply_state_dict(model, state, source, hf.rules_for(model)))
-    return model
+    return model, None
+
+
+def training_init(extra, model, momentum_graphdef, ema, queue_size: int, embed_dim: int, config: BlipConfig):
+    """(EMA state, initial queues or None) for the train state of ``model`` (a BlipPretrain): the EMA as
+    `split_model` made it (a copy of the online weights) with a checkpoint's momentum encoders
+    loaded over it, and the checkpoint's feature queues where their shape is this run's
+    (queue_size, embed_dim); as the original's load_checkpoint, tensors of another shape are
+    skipped (logged) and start fresh."""
+    import logging
+
+    from blip_jax.checkpoints.init_from import load_momentum
+    from blip_jax.train.state import merge_momentum
+
+    if extra is None:
+        return ema, None
+    if extra.momentum is not None:
+        view = merge_momentum(momentum_graphdef, ema, model)
+        load_momentum(view, extra.momentum, extra.source, config)
+        ema = nnx.state(view, nnx.Param)
+    queues = None
+    if extra.queues is not None:
+        shapes = {k: tuple(v.shape) for k, v in extra.queues.items()}
+        if queue_size and all(s == (queue_size, embed_dim) for s in shapes.values()):
+            queues = {k: jnp.asarray(v, jnp.float32) for k, v in extra.queues.items()}
+            logging.getLogger("blip_jax.checkpoints").info("loaded the feature queues from %s", extra.source)
+        else:
+            logging.getLogger("blip_jax.checkpoints").warning(
+                "%s: feature queues of shape %s do not fit this run's (%d, %d) (objective.queue_size, "
+                "image_text_hidden_size): they start fresh", extra.source, shapes, queue_size, embed_dim)
+    return ema, queues
 
 
 def fine_tune_config(cfg, base: BlipConfig) -> BlipConfig:

@@ -216,6 +216,24 @@ class _BaseConfig:
         return dataclasses.replace(self, **changes)
 
 
+def override_text_config(model, changes: dict, why: str) -> dict:
+    """Set fields of a loaded model's text config in place (the config object the model and its
+    submodules share), e.g. ``use_enc_token_for_itm=True`` for an HF checkpoint of a model the
+    original trained with [ENC]. The changed config is validated first ([ENC] inside the
+    vocabulary, ...), so a bad value changes nothing. Returns {field: (old, new)} of what changed;
+    each change is logged with ``why``."""
+    import logging
+
+    tc = model.config.text_config
+    tc.replace(**changes)
+    changed = {k: (getattr(tc, k), v) for k, v in changes.items() if getattr(tc, k) != v}
+    for key, (old, new) in changed.items():
+        logging.getLogger("blip_jax").info("%s: text_config.%s %s -> %s (%s)", type(model).__name__, key, old, new,
+                                           why)
+        setattr(tc, key, new)
+    return changed
+
+
 @dataclasses.dataclass(kw_only=True)
 class BlipVisionConfig(_BaseConfig):
     """ViT image encoder. Defaults: ViT-B/16 at 384 px (HF)."""

@@ -22,6 +22,10 @@ def atomic_open(path: str) -> Iterator[IO[str]]:
     try:
         with open(tmp, "x", encoding="utf-8") as f:
             yield f
+            # on disk before the rename: after a power loss or node crash the rename may survive
+            # while unsynced data does not, leaving a whole-looking empty file a rerun would trust
+            f.flush()
+            os.fsync(f.fileno())
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):

@@ -85,6 +85,9 @@ def capfilt_base(captioner: str, filter_: str, data: dict) -> ml_collections.Con
 
     c = ml_collections.ConfigDict()
     c.captioner, c.filter = captioner, filter_
+    # The filter's ITM reads [ENC] + text, as the original trained and ran it (blip_retrieval.py);
+    # HF configs of the released filters say False. None keeps the checkpoint's setting.
+    c.filter_use_enc_token_for_itm = True
     c.tokenizer = ml_collections.ConfigDict(dict(path=""))  # "": the embedded vocabulary, else the captioner's files
     # noise_labels / scenes: ground truth for the report ("embedded": the embedded dataset's files)
     c.data = ml_collections.ConfigDict(dict(dict(embedded=False, image_root="", noise_labels="", scenes=""), **data))

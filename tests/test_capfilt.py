@@ -226,11 +226,15 @@ def test_cli_end_to_end_resume_and_changed_config(world, capsys):
             assert [t["text"] for t in r["web"]] == [entries[r["index"]]["caption"]]
             assert all(t["keep"] == (t["p_match"] is not None and t["p_match"] > 0.5)
                        for t in r["web"] + r["synthetic"])
-    # The bootstrapped list is what was kept, and the pretraining loader reads it.
+    # The bootstrapped list is what was kept, one entry per kept text (as BLIP's released CapFilt
+    # files), and the pretraining loader reads it.
     boot = ann.load_pretrain(str(full / "bootstrapped.json"))
     kept = [r for r in rows if not r.get("skipped") and bootstrap.kept_texts(r)]
-    assert len(boot) == len(kept) == report["images_kept"]
-    assert [b["captions"] for b in boot] == [bootstrap.kept_texts(r) for r in kept]
+    per_text = [(r, t) for r in kept for t in bootstrap.kept_texts(r)]
+    assert len(kept) == report["images_kept"] and len(boot) == len(per_text) == report["texts_kept"]
+    assert len(per_text) > len(kept)  # some images keep both texts: they appear twice
+    assert [b["captions"] for b in boot] == [[t] for _, t in per_text]
+    assert [b["image_path"] for b in boot] == [os.path.abspath(r["image"]) for r, _ in per_text]
     assert all(os.path.exists(b["image_path"]) for b in boot)
     spec = json.loads((full / "bootstrapped.spec.json").read_text())
     assert spec["format"] == "blip_json" and report["output"] == spec
@@ -272,10 +276,11 @@ def test_array_record_source_and_output(world, tmp_path):
     kept = [r for r in rows if not r.get("skipped") and bootstrap.kept_texts(r)]
     src = ArrayRecordRecords(written["files"])
     overlay, _ = pl.open_source(pl.DatasetSpec.from_any(report["output"]))
-    assert len(overlay) == len(kept) > 0
+    per_text = [(r, t) for r in kept for t in bootstrap.kept_texts(r)]  # one record per kept text
+    assert len(overlay) == len(per_text) > 0
     assert all(r["image"] == b"" for r in ArrayRecordRecords(report["output"]["paths"]))  # captions, no images
-    for i, r in enumerate(kept):
-        assert overlay[i]["captions"] == bootstrap.kept_texts(r) and overlay[i]["image_id"] == r["index"]
+    for i, (r, t) in enumerate(per_text):
+        assert overlay[i]["captions"] == [t] and overlay[i]["image_id"] == r["index"]
         assert overlay[i]["image"] == src[r["index"]]["image"] and overlay[i]["index"] == i
 
     standalone = tmp_path / "standalone"
@@ -284,9 +289,9 @@ def test_array_record_source_and_output(world, tmp_path):
     report = json.loads((standalone / "report.json").read_text())
     assert report["output"]["format"] == "array_record"
     out = ArrayRecordRecords(report["output"]["paths"])
-    assert len(out) == len(kept)
-    for i, r in enumerate(kept):
-        assert out[i]["captions"] == bootstrap.kept_texts(r)
+    assert len(out) == len(per_text)
+    for i, (r, t) in enumerate(per_text):
+        assert out[i]["captions"] == [t]
         assert out[i]["image"] == src[r["index"]]["image"]
 
 
@@ -326,15 +331,16 @@ def test_webdataset_shards_read_in_place(world, tmp_path, capsys):
     spec = rep_tar["output"]
     assert spec["format"] == "capfilt_captions" and spec["base"]["index_dir"] == str(tars / "tar_index")
     src = WebDatasetRecords(f"{shards}/*.tar")
-    kept = [r for r in by_tar if bootstrap.kept_texts(r)]
+    per_text = [(r, t) for r in by_tar for t in bootstrap.kept_texts(r)]
     overlay, _ = pl.open_source(pl.DatasetSpec.from_any(spec))
-    assert len(overlay) == len(kept) > 0
-    for i, r in enumerate(kept):
-        assert overlay[i]["captions"] == bootstrap.kept_texts(r) and overlay[i]["image"] == src[r["index"]]["image"]
+    assert len(overlay) == len(per_text) > 0
+    for i, (r, t) in enumerate(per_text):
+        assert overlay[i]["captions"] == [t] and overlay[i]["image"] == src[r["index"]]["image"]
     pipe = pl.pretrain_pipeline([spec], world["tok"], pl.LoaderOptions(batch_size=2, shard_index=0, shard_count=1,
                                                                        num_threads=1, host_prefetch=0),
                                 image_size=32, num_epochs=1)
-    assert pipe.num_examples == len(kept) and sum(b["pixel_values"].shape[0] for b in pipe) == len(kept) // 2 * 2
+    assert pipe.num_examples == len(per_text)
+    assert sum(b["pixel_values"].shape[0] for b in pipe) == len(per_text) // 2 * 2
 
     # A shard added to the glob shifts the record indices: the rerun refuses to mix the parts.
     with tarfile.open(shards / "cc-00003.tar", "w") as tar:

@@ -157,7 +157,7 @@ def test_capfilt_config_reads_a_folder_of_web_shards(layouts, tmp_path):
     assert report["web"]["texts"] == report["synthetic"]["texts"] == 48
     spec = json.loads((tmp_path / "bootstrapped.spec.json").read_text())
     assert spec["format"] == "capfilt_captions" and spec["base"]["paths"] == [os.path.join(folder, "*.tar")]
-    assert len(pl.open_source(pl.DatasetSpec.from_any(spec))[0]) == report["images_kept"]
+    assert len(pl.open_source(pl.DatasetSpec.from_any(spec))[0]) == report["texts_kept"]
 
 
 @pytest.mark.parametrize("variant", ["retrieval_coco", "retrieval_flickr", "caption_coco", "vqa"])

@@ -30,7 +30,7 @@ def test_smoke_pipeline_runs_every_stage_and_resumes(tmp_path, capsys):
     # The bootstrapped stage trained on exactly what CapFilt kept (its config names that file).
     report = json.loads((work / "capfilt" / "report.json").read_text())
     boot = json.loads((work / "capfilt" / "bootstrapped.json").read_text())
-    assert len(boot) == report["images_kept"] > 0
+    assert len(boot) == report["texts_kept"] > 0
     ckpt = max((d for d in (work / "bootstrapped" / "checkpoints").iterdir() if d.name.isdigit()),
                key=lambda d: int(d.name))  # the final step; its saved config:
     datasets = json.loads((ckpt / "config" / "metadata").read_text())["data"]["datasets"]

@@ -379,18 +379,30 @@ def test_wordpiece_ids_match_transformers(which, wp, hf_bert, hf_bert_legacy):
 
 
 def test_wordpiece_decode_matches_transformers(wp, hf_bert):
+    # A tokenizer built from a bare vocab.txt cleans up by default (BERT's and the original BLIP's
+    # behaviour); transformers 5's BertTokenizer(vocab=...) does not, so the option is passed there.
+    assert wp.clean_up_tokenization_spaces is True and hf_bert.clean_up_tokenization_spaces is False
     for sentence in SENTENCES:
         ids = wp.encode(sentence)
-        assert wp.decode(ids) == hf_bert.decode(ids, skip_special_tokens=True), sentence
-        assert wp.decode(ids, skip_special_tokens=False) == hf_bert.decode(ids), sentence
+        assert wp.decode(ids) == hf_bert.decode(ids, skip_special_tokens=True,
+                                                clean_up_tokenization_spaces=True), sentence
+        assert wp.decode(ids, skip_special_tokens=False) == hf_bert.decode(
+            ids, clean_up_tokenization_spaces=True), sentence
+        for clean in (True, False):
+            assert wp.decode(ids, clean_up_tokenization_spaces=clean) == hf_bert.decode(
+                ids, skip_special_tokens=True, clean_up_tokenization_spaces=clean), (sentence, clean)
     batch = wp(SENTENCES, padding=True, return_tensors="np")["input_ids"]
-    assert wp.batch_decode(batch) == hf_bert.batch_decode(batch.tolist(), skip_special_tokens=True)
+    assert wp.batch_decode(batch) == hf_bert.batch_decode(batch.tolist(), skip_special_tokens=True,
+                                                          clean_up_tokenization_spaces=True)
+    assert wp.batch_decode(batch, clean_up_tokenization_spaces=False) == hf_bert.batch_decode(
+        batch.tolist(), skip_special_tokens=True)
     # Round trips for text made of known words: decode(encode(s)) is the normalised text.
     for text in ["two dogs playing frisbee in the field.", "A Young WOMAN riding her bike, near the cafe!",
                  "the naïve man on 2 boats"]:
         assert wp.decode(wp.encode(text)) == text.lower().replace("ï", "i")
-    # Like transformers' fast tokenizer, an apostrophe comes back spaced out (the legacy one rejoins it).
-    assert wp.decode(wp.encode("the man's dog")) == "the man ' s dog"
+    # Clean-up rejoins the apostrophe (as transformers 4.x / legacy); without it it stays spaced out.
+    assert wp.decode(wp.encode("the man's dog")) == "the man's dog"
+    assert wp.decode(wp.encode("the man's dog"), clean_up_tokenization_spaces=False) == "the man ' s dog"
     dog = wp.encode("a dog", add_special_tokens=False)
     assert wp.decode([wp.bos_token_id, *dog, wp.sep_token_id, 0, 0]) == "a dog"
     assert wp.decode(np.array([101, *dog, 102]), skip_special_tokens=False) == "[CLS] a dog [SEP]"
@@ -475,6 +487,214 @@ def test_wordpiece_file_errors(tmp_path):
         load_tokenizer(tmp_path / "nothing")
     with pytest.raises(FileNotFoundError, match="missing_dir"):
         load_tokenizer(tmp_path / "missing_dir")
+
+
+# ------------------------------------------------------------- tokenizer options read like transformers
+CLEANUP_SENTENCES = ["a dog's bed", "the cat isn't sitting", "i'm on the table, we've a dog",
+                     "the dog's bed , it 's here . really !", "don't jump! they're happy ?", *SENTENCES]
+
+
+def _hf_folder(path, vocab_file, **config) -> str:
+    """A transformers-style folder: vocab.txt + tokenizer_config.json (+ ``config``)."""
+    os.makedirs(path, exist_ok=True)
+    with open(vocab_file, encoding="utf-8") as src, open(os.path.join(path, "vocab.txt"), "w") as dst:
+        dst.write(src.read())
+    with open(os.path.join(path, "tokenizer_config.json"), "w") as f:
+        json.dump({"tokenizer_class": "BertTokenizer", "do_lower_case": True, "model_max_length": 512,
+                   "bos_token": "[DEC]", "extra_special_tokens": ["[ENC]"], **config}, f)
+    return str(path)
+
+
+def _edit_config(folder, **changes) -> None:
+    path = os.path.join(folder, "tokenizer_config.json")
+    with open(path) as f:
+        config = json.load(f)
+    config.update(changes)
+    with open(path, "w") as f:
+        json.dump(config, f)
+
+
+def _hf_load(folder, **kw):
+    transformers = pytest.importorskip("transformers")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return transformers.AutoTokenizer.from_pretrained(str(folder), **kw)
+
+
+def test_decode_clean_up_tokenization_spaces_matches_transformers(tmp_path, vocab_file):
+    transformers = pytest.importorskip("transformers")
+    from blip_jax.processing.tokenization import clean_up_tokenization
+
+    assert clean_up_tokenization("a dog ' s bed , isn ' t it ? i ' m ok . we ' ve ! they ' re") == \
+        "a dog's bed, isn't it? i'm ok. we've! they're"
+    for config_value in (True, False):
+        folder = _hf_folder(tmp_path / f"cleanup_{config_value}", vocab_file,
+                            clean_up_tokenization_spaces=config_value)
+        ours, hf = load_tokenizer(folder), _hf_load(folder)
+        assert ours.clean_up_tokenization_spaces is hf.clean_up_tokenization_spaces is config_value
+        ids_batch = [hf.encode(t) for t in CLEANUP_SENTENCES]
+        for ids in ids_batch:
+            assert ours.decode(ids) == hf.decode(ids, skip_special_tokens=True)
+            assert ours.decode(ids, skip_special_tokens=False) == hf.decode(ids)
+            for clean in (True, False):
+                assert ours.decode(ids, clean_up_tokenization_spaces=clean) == hf.decode(
+                    ids, skip_special_tokens=True, clean_up_tokenization_spaces=clean)
+        for clean in (None, True, False):
+            assert ours.batch_decode(ids_batch, clean_up_tokenization_spaces=clean) == hf.batch_decode(
+                ids_batch, skip_special_tokens=True, clean_up_tokenization_spaces=clean)
+            proc = BlipProcessor(BlipImageProcessor(), ours)
+            assert proc.batch_decode(np.array([ids_batch[0]]), clean_up_tokenization_spaces=clean) == [
+                hf.decode(ids_batch[0], skip_special_tokens=True, clean_up_tokenization_spaces=clean)]
+            assert proc.decode(ids_batch[1], clean_up_tokenization_spaces=clean) == hf.decode(
+                ids_batch[1], skip_special_tokens=True, clean_up_tokenization_spaces=clean)
+    ids = hf.encode("a dog's bed")
+    assert ours.decode(ids) == "a dog ' s bed" and ours.decode(ids, clean_up_tokenization_spaces=True) == "a dog's bed"
+    # The original BLIP (transformers 4.15's BertTokenizer, clean-up on) decodes like a bare vocab.txt here.
+    legacy_cls = getattr(transformers, "BertTokenizerLegacy", None)
+    bare = WordPieceTokenizer.from_vocab_file(vocab_file)
+    if legacy_cls is not None:
+        legacy = _blip_hf_tokenizer(legacy_cls(vocab_file))
+        assert [bare.decode(legacy.encode(t)) for t in CLEANUP_SENTENCES] == [
+            legacy.decode(legacy.encode(t), skip_special_tokens=True) for t in CLEANUP_SENTENCES]
+    # A folder holding only vocab.txt is a bare vocab: clean-up on; an override wins.
+    os.makedirs(tmp_path / "vocab_only")
+    with open(vocab_file) as src, open(tmp_path / "vocab_only" / "vocab.txt", "w") as dst:
+        dst.write(src.read())
+    assert load_tokenizer(tmp_path / "vocab_only").clean_up_tokenization_spaces is True
+    assert load_tokenizer(tmp_path / "vocab_only", clean_up_tokenization_spaces=False).decode(ids) == "a dog ' s bed"
+    # A config without the key: True (transformers 4), unless transformers 5 wrote it (False, as it reads it).
+    no_key = _hf_folder(tmp_path / "no_key", vocab_file)
+    assert load_tokenizer(no_key).clean_up_tokenization_spaces is True
+    v5_saved = tmp_path / "v5_saved"
+    _hf_load(no_key).save_pretrained(str(v5_saved))
+    assert load_tokenizer(v5_saved).clean_up_tokenization_spaces is _hf_load(v5_saved).clean_up_tokenization_spaces \
+        is False
+    # save_pretrained writes the value, so transformers decodes the saved folder the same way.
+    for value in (True, False):
+        tok = WordPieceTokenizer.from_vocab_file(vocab_file, clean_up_tokenization_spaces=value)
+        tok.save_pretrained(tmp_path / f"ours_{value}")
+        hf = _hf_load(tmp_path / f"ours_{value}")
+        again = load_tokenizer(tmp_path / f"ours_{value}")
+        assert hf.clean_up_tokenization_spaces is again.clean_up_tokenization_spaces is value
+        for t in CLEANUP_SENTENCES:
+            assert tok.decode(tok.encode(t)) == again.decode(tok.encode(t)) == hf.decode(
+                tok.encode(t), skip_special_tokens=True)
+
+
+def test_sentencepiece_clean_up_option(tmp_path):
+    tok = SentencePieceTokenizer.train(caption_corpus(300, 3), vocab_size=80, hard_vocab_limit=False)
+    assert tok.clean_up_tokenization_spaces is False
+    ids = tok.encode("a dog . running ?")
+    assert tok.decode(ids) == "a dog . running ?"
+    assert tok.decode(ids, clean_up_tokenization_spaces=True) == "a dog. running?"
+    assert tok.batch_decode([ids], clean_up_tokenization_spaces=True) == ["a dog. running?"]
+    tok.clean_up_tokenization_spaces = True
+    tok.padding_side = "left"
+    tok.save_pretrained(tmp_path / "spm")
+    again = load_tokenizer(tmp_path / "spm")
+    assert again.clean_up_tokenization_spaces is True and again.decode(ids) == "a dog. running?"
+    assert again.padding_side == "left" and again(["a", "a dog"], padding=True)["input_ids"][0][0] == tok.pad_token_id
+
+
+@pytest.mark.parametrize("options, text", [
+    ({"do_lower_case": False}, "CAFÉ Dog"),
+    ({"tokenize_chinese_chars": False}, "日本 cafe"),
+    ({"strip_accents": False}, "café"),
+    ({"do_lower_case": False, "strip_accents": True}, "Café résumé"),
+])
+def test_tokenizer_json_follows_config_normalizer_options(tmp_path, vocab_file, hf_bert, options, text):
+    """With a tokenizer.json, tokenizer_config.json's options (and from_pretrained's keyword arguments)
+    rebuild the BertNormalizer, as in transformers; save_pretrained then writes a consistent folder."""
+    transformers = pytest.importorskip("transformers")
+    saved = tmp_path / "saved"
+    hf_bert.save_pretrained(str(saved))  # transformers' own layout: tokenizer.json + tokenizer_config.json
+    texts = [text, *SENTENCES]
+
+    def check(ours, hf):
+        assert all(getattr(ours, key) == value for key, value in options.items())
+        for t in texts:
+            assert ours.encode(t) == hf.encode(t), t
+            assert ours.tokenize(t) == hf.tokenize(t), t
+
+    edited = tmp_path / "edited"
+    import shutil
+
+    shutil.copytree(saved, edited)
+    _edit_config(edited, **options)
+    ours = load_tokenizer(edited)
+    check(ours, _hf_load(edited))
+    assert ours.encode(text) != load_tokenizer(saved).encode(text)  # the option matters for this text
+    # from_pretrained keyword arguments win the same way.
+    check(WordPieceTokenizer.from_pretrained(saved, **options), _hf_load(saved, **options))
+    # save/reload round trip: transformers and we read the same tokenizer back.
+    ours.save_pretrained(tmp_path / "resaved")
+    with open(tmp_path / "resaved" / "tokenizer.json") as f:
+        normalizer = json.load(f)["normalizer"]
+    assert normalizer["lowercase"] == ours.do_lower_case and normalizer["strip_accents"] == ours.strip_accents
+    assert normalizer["handle_chinese_chars"] == ours.tokenize_chinese_chars
+    again = load_tokenizer(tmp_path / "resaved")
+    check(again, _hf_load(tmp_path / "resaved"))
+    check(again, transformers.BertTokenizer.from_pretrained(str(tmp_path / "resaved")))
+
+
+def test_padding_and_truncation_side_match_transformers(tmp_path, vocab_file, wp, hf_bert):
+    folder = _hf_folder(tmp_path / "left", vocab_file, padding_side="left", truncation_side="left")
+    ours, hf = load_tokenizer(folder), _hf_load(folder)
+    assert (ours.padding_side, ours.truncation_side) == (hf.padding_side, hf.truncation_side) == ("left", "left")
+    assert (wp.padding_side, wp.truncation_side) == ("right", "right")
+    settings = [
+        {"padding": True},
+        {"truncation": True, "max_length": 5},
+        {"padding": "longest", "truncation": True, "max_length": 9},
+        {"padding": "max_length", "truncation": True, "max_length": 16},
+        {"padding": "max_length", "max_length": 64},
+        {"add_special_tokens": False, "truncation": True, "max_length": 4, "padding": "max_length"},
+        {"padding": True, "padding_side": "right"},
+        {"padding": "max_length", "truncation": True, "max_length": 12, "padding_side": "left"},
+    ]
+    for kw in settings:
+        for tok, ref in ((ours, hf), (wp, hf_bert)):
+            a, b = tok(SENTENCES, **kw), ref(SENTENCES, return_token_type_ids=False, **kw)
+            assert a["input_ids"] == b["input_ids"] and a["attention_mask"] == b["attention_mask"], kw
+            assert tok(SENTENCES[2], **kw)["input_ids"] == ref(SENTENCES[2], **kw)["input_ids"], kw
+    a = ours(SENTENCES, padding=True, return_tensors="np")
+    np.testing.assert_array_equal(a["input_ids"], hf(SENTENCES, padding=True, return_tensors="np")["input_ids"])
+    assert a["input_ids"][:, -1].tolist() == [ours.sep_token_id] * len(SENTENCES)  # padded on the left
+    # The processor passes padding_side on.
+    proc = BlipProcessor(BlipImageProcessor(), wp)
+    np.testing.assert_array_equal(proc(text=SENTENCES[:3], padding=True, padding_side="left")["input_ids"],
+                                  np.asarray(hf_bert(SENTENCES[:3], padding=True, padding_side="left")["input_ids"]))
+    # save_pretrained writes both sides; transformers and we read them back.
+    ours.save_pretrained(tmp_path / "resaved")
+    for tok in (load_tokenizer(tmp_path / "resaved"), _hf_load(tmp_path / "resaved")):
+        assert (tok.padding_side, tok.truncation_side) == ("left", "left")
+    # Bad values fail, as in transformers.
+    with pytest.raises(ValueError, match="padding_side"):
+        wp("a dog", padding=True, padding_side="middle")
+    with pytest.raises(ValueError, match="truncation_side"):
+        load_tokenizer(_hf_folder(tmp_path / "bad", vocab_file, truncation_side="up"))
+
+
+def test_vocab_lines_trailing_whitespace_stripped_like_transformers(tmp_path, vocab_file):
+    with open(vocab_file, encoding="utf-8") as f:
+        text = f.read()
+    assert "\ncat\n" in text and "\ndog\n" in text
+    variants = {"trailing": text.replace("\ncat\n", "\ncat \n").replace("\ndog\n", "\ndog\t\n"),
+                "crlf": text.replace("\n", "\r\n"), "no_final_newline": text.rstrip("\n")}
+    for name, content in variants.items():
+        folder = tmp_path / name
+        os.makedirs(folder)
+        with open(folder / "vocab.txt", "w", encoding="utf-8", newline="") as f:
+            f.write(content)
+        with open(folder / "tokenizer_config.json", "w") as f:
+            json.dump({"tokenizer_class": "BertTokenizer", "bos_token": "[DEC]",
+                       "extra_special_tokens": ["[ENC]"]}, f)
+        ours, hf = load_tokenizer(folder), _hf_load(folder)
+        assert ours.tokenize("a cat and a dog") == hf.tokenize("a cat and a dog") == ["a", "cat", "and", "a", "dog"]
+        assert len(ours) == len(hf), name
+        for t in SENTENCES:
+            assert ours.encode(t) == hf.encode(t), (name, t)
+        assert WordPieceTokenizer.from_vocab_file(folder / "vocab.txt").encode("a cat") == ours.encode("a cat")
 
 
 # ------------------------------------------------------------------------------------ SentencePiece
@@ -633,8 +853,12 @@ def test_processor_matches_transformers(wp, hf_blip_processor):
     image_only = ours(images=images[0], size=64)
     assert set(image_only) == {"pixel_values"} and image_only["pixel_values"].shape == (1, 64, 64, 3)
     ids = a["input_ids"]
-    assert ours.batch_decode(ids) == hf_blip_processor.batch_decode(ids.tolist(), skip_special_tokens=True)
-    assert ours.decode(ids[0]) == hf_blip_processor.decode(ids[0].tolist(), skip_special_tokens=True)
+    for clean in (True, False):
+        assert ours.batch_decode(ids, clean_up_tokenization_spaces=clean) == hf_blip_processor.batch_decode(
+            ids.tolist(), skip_special_tokens=True, clean_up_tokenization_spaces=clean)
+        assert ours.decode(ids[0], clean_up_tokenization_spaces=clean) == hf_blip_processor.decode(
+            ids[0].tolist(), skip_special_tokens=True, clean_up_tokenization_spaces=clean)
+    assert ours.batch_decode(ids) == ours.batch_decode(ids, clean_up_tokenization_spaces=True)
     with pytest.raises(ValueError, match="images, text"):
         ours()
 

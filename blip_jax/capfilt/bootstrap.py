@@ -252,8 +252,10 @@ def _iter_rows(paths: list[str]) -> Iterator[dict]:
 
 
 def merge_outputs(run: CapfiltRun, workdir: str) -> dict:
-    """Parts -> decisions.jsonl, the bootstrapped dataset, report.json; returns the report. One
-    pass over the merged rows: each row goes to the decisions file and the report as the kept ones
+    """Parts -> decisions.jsonl, the bootstrapped dataset, report.json; returns the report. The
+    bootstrapped dataset has one entry per kept text (an image with a kept web and a kept synthetic
+    text appears twice), as BLIP's released CapFilt files, so pretraining sees each kept text once
+    an epoch. One pass over the merged rows: each row goes to the decisions file and the report as the kept ones
     are written out, and the report keeps histograms, not the scores, so memory stays flat however
     many records there are."""
     parts = os.path.join(workdir, PARTS)
@@ -296,12 +298,15 @@ def merge_outputs(run: CapfiltRun, workdir: str) -> dict:
             path = os.path.join(workdir, "bootstrapped.json")
             with atomic_open(path) as out:  # a JSON list streamed one entry a line
                 out.write("[")
-                for i, r in enumerate(kept_rows()):
+                first = True
+                for r in kept_rows():
                     if not r.get("image"):
                         raise ValueError(f"record {r['index']} ({r['image_key']!r}) has no image file: use "
                                          "output_format='array_record' for sources that hold image bytes")
-                    entry = {"image": os.path.abspath(r["image"]), "caption": kept_texts(r)}
-                    out.write(("," if i else "") + "\n" + json.dumps(entry, ensure_ascii=False))
+                    for text in kept_texts(r):
+                        entry = {"image": os.path.abspath(r["image"]), "caption": text}
+                        out.write(("" if first else ",") + "\n" + json.dumps(entry, ensure_ascii=False))
+                        first = False
                 out.write("\n]\n")
             spec = {"name": "capfilt", "format": "blip_json", "paths": [os.path.abspath(path)]}
         else:
@@ -310,11 +315,13 @@ def merge_outputs(run: CapfiltRun, workdir: str) -> dict:
             out_dir = os.path.join(workdir, "bootstrapped")
             if fmt == "captions":  # the kept texts and where their image is; the images stay in the source
                 records = ({"index": r["index"], "image_id": r["index"], "image_key": r["image_key"],
-                            "captions": kept_texts(r), "source": "capfilt"} for r in kept_rows())
+                            "captions": [text], "source": "capfilt"} for r in kept_rows() for text in kept_texts(r))
                 written = write_array_record(records, out_dir, "bootstrapped", images=False)
                 spec = {"name": "capfilt", "format": "capfilt_captions", "base": run.source_spec}
             else:
-                records = (dict(run.records[r["index"]], captions=kept_texts(r)) for r in kept_rows())
+                # the image bytes are copied once per kept text (the "captions" format copies none)
+                records = (dict(run.records[r["index"]], captions=[text])
+                           for r in kept_rows() for text in kept_texts(r))
                 written = write_array_record(records, out_dir, "bootstrapped")
                 spec = {"name": "capfilt", "format": "array_record"}
             spec["paths"] = [os.path.abspath(p) for p in written["files"]]
@@ -338,15 +345,21 @@ def run_capfilt(run: CapfiltRun, workdir: str, cfg_json: dict | None = None,
         # So does the source's length: records added or removed would shift every index.
         _check_config(workdir, dict(cfg_json, effective_batch_size=run.batch_size, source_records=len(run.records)))
     t0 = time.time()
-    complete = process_chunks(run, workdir, max_chunks, stop)
+    complete = all_complete = process_chunks(run, workdir, max_chunks, stop)
+    if jax.process_count() > 1:
+        from jax.experimental import multihost_utils
+
+        # Every process comes here, stopped early or not (shares differ by up to a chunk, and a
+        # signal may reach one process first): one that returned before it would leave the others
+        # waiting in the collective until it timed out.
+        all_complete = bool(np.all(multihost_utils.process_allgather(np.asarray(complete))))
     if not complete:
         why = stop.reason if stop is not None and stop.stop_requested else f"--max-chunks {max_chunks}"
         log.warning("stopped (%s) after the last finished chunk; rerun the same command to go on", why)
         return None
-    if jax.process_count() > 1:
-        from jax.experimental import multihost_utils
-
-        multihost_utils.sync_global_devices("capfilt_parts_done")
+    if not all_complete:
+        log.warning("this process's share is done, another process stopped early; rerun the same command to go on")
+        return None
     if jax.process_index() != 0:
         return None
     report = merge_outputs(run, workdir)
@@ -361,6 +374,7 @@ def build_run(cfg, workdir: str) -> CapfiltRun:
     import grain
 
     from blip_jax import BlipForConditionalGeneration, BlipForImageTextRetrieval
+    from blip_jax.configuration import override_text_config
     from blip_jax.data import pipelines as pl
     from blip_jax.train.loop import ensure_embedded_dataset, load_tokenizer
 
@@ -378,6 +392,9 @@ def build_run(cfg, workdir: str) -> CapfiltRun:
     dtype = {"dtype": cfg.dtype} if cfg.get("dtype") else {}
     captioner_model = BlipForConditionalGeneration.from_pretrained(cfg.captioner, **dtype)
     filter_model = BlipForImageTextRetrieval.from_pretrained(cfg.filter, **dtype)
+    enc = cfg.get("filter_use_enc_token_for_itm")
+    if enc is not None:  # HF configs of BLIP's released filters say False; the original scored with [ENC]
+        override_text_config(filter_model, {"use_enc_token_for_itm": bool(enc)}, "capfilt config")
     tokenizer = load_tokenizer(cfg, data_root, fallback=cfg.captioner)
     size = int(cfg.image_size or captioner_model.config.vision_config.image_size)
     if filter_model.config.vision_config.image_size != size:

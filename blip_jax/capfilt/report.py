@@ -263,10 +263,12 @@ def format_report(report: dict) -> str:
         f"web texts {w['texts']}: kept {w['kept']} ({w['kept'] / max(1, w['texts']):.1%}), unusable {w['unusable']}, "
         f"p(match) {w['p_match']}",
         f"synthetic texts {s['texts']}: kept {s['kept']} ({s['kept'] / max(1, s['texts']):.1%}), "
-        f"p(match) {s['p_match']}",
+        f"unusable {s.get('unusable', 0)}, p(match) {s['p_match']}",
         f"images with kept texts {report['images_kept']}, without {report['images_without_text']}; "
-        f"texts kept {report['texts_kept']}",
+        f"texts kept {report['texts_kept']} (one bootstrapped entry each)",
     ]
+    if report.get("source_skips"):
+        lines.append(f"lost while opening the source: {report['source_skips']}")
     noise = report.get("noise")
     if noise:
         kinds = {k: v for k, v in noise.items() if isinstance(v, dict)}

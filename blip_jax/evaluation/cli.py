@@ -204,6 +204,7 @@ def load_models(checkpoint: str, kinds: set[str], dtype: str | None = None,
     use_enc_token_for_itm) replaces fields of that model's text config (validated as a new config,
     then set on the config object the model and its submodules share)."""
     import blip_jax
+    from blip_jax.configuration import override_text_config
 
     models = {}
     for kind in kinds:
@@ -213,14 +214,7 @@ def load_models(checkpoint: str, kinds: set[str], dtype: str | None = None,
             path = sub
         cls = getattr(blip_jax, MODEL_CLASSES[kind])
         model = cls.from_pretrained(path, **({"dtype": dtype} if dtype else {}))
-        changes = (text_overrides or {}).get(kind) or {}
-        if changes:
-            tc = model.config.text_config
-            tc.replace(**changes)  # validation (e.g. [ENC] inside the vocabulary) before changing anything
-            for key, value in changes.items():
-                if getattr(tc, key) != value:
-                    log.info("%s: text_config.%s %s -> %s (eval config)", kind, key, getattr(tc, key), value)
-                    setattr(tc, key, value)
+        override_text_config(model, (text_overrides or {}).get(kind) or {}, "eval config")
         models[kind] = model
     return models
 

@@ -40,6 +40,7 @@ class BlipProcessor:
         return_tensors: str | None = "np",
         add_special_tokens: bool = True,
         return_attention_mask: bool = True,
+        padding_side: str | None = None,
         **image_kwargs: Any,
     ) -> BatchFeature:
         """Process images and/or text.
@@ -48,7 +49,7 @@ class BlipProcessor:
           images: anything ``BlipImageProcessor`` accepts; ``image_kwargs`` override its settings
             (size, do_resize, ..., data_format).
           text: a str or list of str for the tokenizer; padding/truncation/max_length/add_special_tokens/
-            return_attention_mask are passed on.
+            return_attention_mask/padding_side are passed on.
           return_tensors: "np" (default), "jax" or None (lists).
 
         Returns:
@@ -66,15 +67,21 @@ class BlipProcessor:
             out.update(self.tokenizer(
                 text, padding=padding, truncation=truncation, max_length=max_length,
                 return_tensors=return_tensors, add_special_tokens=add_special_tokens,
-                return_attention_mask=return_attention_mask,
+                return_attention_mask=return_attention_mask, padding_side=padding_side,
             ))
         return out
 
-    def decode(self, ids: Any, skip_special_tokens: bool = True) -> str:
-        return self.tokenizer.decode(ids, skip_special_tokens=skip_special_tokens)
+    def decode(self, ids: Any, skip_special_tokens: bool = True,
+               clean_up_tokenization_spaces: bool | None = None) -> str:
+        """The tokenizer's ``decode`` (None -> its ``clean_up_tokenization_spaces``)."""
+        return self.tokenizer.decode(ids, skip_special_tokens=skip_special_tokens,
+                                     clean_up_tokenization_spaces=clean_up_tokenization_spaces)
 
-    def batch_decode(self, sequences: Any, skip_special_tokens: bool = True) -> list[str]:
-        return self.tokenizer.batch_decode(sequences, skip_special_tokens=skip_special_tokens)
+    def batch_decode(self, sequences: Any, skip_special_tokens: bool = True,
+                     clean_up_tokenization_spaces: bool | None = None) -> list[str]:
+        """The tokenizer's ``batch_decode`` (None -> its ``clean_up_tokenization_spaces``)."""
+        return self.tokenizer.batch_decode(sequences, skip_special_tokens=skip_special_tokens,
+                                           clean_up_tokenization_spaces=clean_up_tokenization_spaces)
 
     def save_pretrained(self, folder: str | os.PathLike) -> None:
         """preprocessor_config.json + the tokenizer's files, in the layout transformers reads."""

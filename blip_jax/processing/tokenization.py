@@ -14,11 +14,7 @@ encoding in the original code).
   or unknown symbols), then [MASK] 4, [DEC] 5, [ENC] 6 as control symbols. Control symbols are never
   produced from input text: a literal "[DEC]" in a caption is tokenized as ordinary characters.
 
-Differences from transformers, on purpose:
-  * ``truncation`` defaults to False and is never switched on implicitly by ``max_length``
-    (transformers truncates when only ``max_length`` is given and padding is off);
-  * ``max_length`` smaller than the special tokens it must keep raises instead of silently not truncating;
-  * ``return_tensors="np"`` gives int32 arrays (transformers: int64); no token_type_ids.
+Differences from transformers (on purpose) are listed in ``BlipTokenizer``'s docstring.
 """
 
 from __future__ import annotations
@@ -93,6 +89,22 @@ class BlipTokenizer(abc.ABC):
     Subclasses set the ``*_token_id`` attributes and implement ``_encode_plain`` (text -> ids without
     specials), ``decode``, ``vocab_size``, token<->id lookup and (de)serialisation; padding,
     truncation and tensor conversion live here so every tokenizer behaves the same.
+
+    ``padding_side`` / ``truncation_side`` ("right" by default, or "left") and
+    ``clean_up_tokenization_spaces`` mean what they mean in transformers and are read from / written to
+    tokenizer_config.json; ``__call__(padding_side=...)`` overrides the padding side for one call.
+
+    Differences from transformers, on purpose:
+      * ``truncation`` defaults to False and is never switched on implicitly by ``max_length``
+        (transformers truncates when only ``max_length`` is given and padding is off);
+      * ``max_length`` smaller than the special tokens it must keep raises instead of silently not
+        truncating;
+      * ``model_max_length`` defaults to ``DEFAULT_MODEL_MAX_LENGTH`` = 512 (BLIP's text position table)
+        when neither the caller nor tokenizer_config.json gives one, so ``truncation=True`` without
+        ``max_length`` cuts at 512; transformers then treats the length as unlimited (int(1e30));
+      * ``decode`` / ``batch_decode`` skip special tokens by default (``skip_special_tokens=True``;
+        transformers defaults to False), since BLIP only ever decodes captions and answers;
+      * ``return_tensors="np"`` gives int32 arrays (transformers: int64); no token_type_ids.
     """
 
     pad_token_id: int
@@ -103,6 +115,10 @@ class BlipTokenizer(abc.ABC):
     unk_token_id: int
     mask_token_id: int | None
     model_max_length: int = DEFAULT_MODEL_MAX_LENGTH
+    padding_side: str = "right"
+    truncation_side: str = "right"
+    # decode's default for clean_up_tokenization_spaces (see clean_up_tokenization).
+    clean_up_tokenization_spaces: bool = False
 
     # ------------------------------------------------------------------ abstract part
     @property
@@ -115,8 +131,10 @@ class BlipTokenizer(abc.ABC):
         """Token ids of each text, without [CLS]/[SEP]."""
 
     @abc.abstractmethod
-    def decode(self, ids: Any, skip_special_tokens: bool = True) -> str:
-        """ids: a 1-D sequence/array of ints -> text."""
+    def decode(self, ids: Any, skip_special_tokens: bool = True,
+               clean_up_tokenization_spaces: bool | None = None) -> str:
+        """ids: a 1-D sequence/array of ints -> text. ``clean_up_tokenization_spaces``: None -> the
+        tokenizer's ``clean_up_tokenization_spaces``; True applies ``clean_up_tokenization``."""
 
     @abc.abstractmethod
     def convert_ids_to_tokens(self, ids: int | Sequence[int]) -> str | list[str]: ...
@@ -157,6 +175,7 @@ class BlipTokenizer(abc.ABC):
         return_tensors: str | None = None,
         add_special_tokens: bool = True,
         return_attention_mask: bool = True,
+        padding_side: str | None = None,
     ) -> BatchEncoding:
         """Tokenize one text or a batch.
 
@@ -164,7 +183,9 @@ class BlipTokenizer(abc.ABC):
           padding: False / "do_not_pad"; True / "longest" (pad to the longest in the batch);
             "max_length" (pad to ``max_length``, or ``model_max_length`` when it is None).
           truncation: True / "longest_first" cuts each sequence to ``max_length`` (``model_max_length``
-            when None), keeping the final [SEP].
+            when None), keeping [CLS] and the final [SEP]; tokens go from the end, or from the start
+            when ``self.truncation_side`` is "left".
+          padding_side: "right" / "left" (where the padding goes); None -> ``self.padding_side``.
           return_tensors: None -> lists (a flat list for a single str); "np" -> np.int32 arrays (B, L);
             "jax" -> int32 jax.Arrays (B, L).
 
@@ -183,6 +204,8 @@ class BlipTokenizer(abc.ABC):
                 )
         pad_mode = _padding_mode(padding)
         do_truncate = _truncation_mode(truncation)
+        pad_left = _side(self.padding_side if padding_side is None else padding_side, "padding_side") == "left"
+        trunc_left = _side(self.truncation_side, "truncation_side") == "left"
         if return_tensors not in (None, "np", "jax"):
             raise ValueError(f"return_tensors must be None, 'np' or 'jax', got {return_tensors!r}")
 
@@ -194,7 +217,8 @@ class BlipTokenizer(abc.ABC):
         sequences = []
         for ids in self._encode_plain(list(texts)):
             if do_truncate and len(ids) + n_special > limit:
-                ids = ids[: limit - n_special]
+                keep = limit - n_special
+                ids = ids[len(ids) - keep:] if trunc_left else ids[:keep]
             if add_special_tokens:
                 ids = [self.cls_token_id, *ids, self.sep_token_id]
             sequences.append(ids)
@@ -212,8 +236,12 @@ class BlipTokenizer(abc.ABC):
             for s, m in zip(sequences, masks):
                 extra = target - len(s)
                 if extra > 0:  # longer sequences stay as they are, as in transformers
-                    s.extend([self.pad_token_id] * extra)
-                    m.extend([0] * extra)
+                    if pad_left:
+                        s[:0] = [self.pad_token_id] * extra
+                        m[:0] = [0] * extra
+                    else:
+                        s.extend([self.pad_token_id] * extra)
+                        m.extend([0] * extra)
 
         out = BatchEncoding()
         if return_tensors is None:
@@ -238,14 +266,44 @@ class BlipTokenizer(abc.ABC):
             out["attention_mask"] = mask_arr
         return out
 
-    def batch_decode(self, sequences: Any, skip_special_tokens: bool = True) -> list[str]:
-        """sequences: a list of id lists or a (B, L) array -> B strings."""
+    def batch_decode(self, sequences: Any, skip_special_tokens: bool = True,
+                     clean_up_tokenization_spaces: bool | None = None) -> list[str]:
+        """sequences: a list of id lists or a (B, L) array -> B strings (each as ``decode``)."""
         if isinstance(sequences, np.ndarray) or hasattr(sequences, "__array__"):
             arr = np.asarray(sequences)
             if arr.ndim != 2:
                 raise ValueError(f"batch_decode expects a (B, L) array, got shape {arr.shape}")
             sequences = arr.tolist()
-        return [self.decode(s, skip_special_tokens=skip_special_tokens) for s in sequences]
+        return [self.decode(s, skip_special_tokens=skip_special_tokens,
+                            clean_up_tokenization_spaces=clean_up_tokenization_spaces) for s in sequences]
+
+    def _cleanup_wanted(self, clean_up_tokenization_spaces: bool | None) -> bool:
+        if clean_up_tokenization_spaces is None:
+            return bool(self.clean_up_tokenization_spaces)
+        return bool(clean_up_tokenization_spaces)
+
+
+def clean_up_tokenization(text: str) -> str:
+    """transformers' ``clean_up_tokenization``: rejoin punctuation and English contractions that
+    WordPiece decoding leaves spaced out ("a dog ' s bed ." -> "a dog's bed.")."""
+    return (
+        text.replace(" .", ".")
+        .replace(" ?", "?")
+        .replace(" !", "!")
+        .replace(" ,", ",")
+        .replace(" ' ", "'")
+        .replace(" n't", "n't")
+        .replace(" 'm", "'m")
+        .replace(" 's", "'s")
+        .replace(" 've", "'ve")
+        .replace(" 're", "'re")
+    )
+
+
+def _side(value: Any, name: str) -> str:
+    if value not in ("right", "left"):
+        raise ValueError(f"{name} must be 'right' or 'left', got {value!r}")
+    return value
 
 
 def _padding_mode(padding: bool | str) -> str | None:
@@ -275,6 +333,17 @@ class WordPieceTokenizer(BlipTokenizer):
     Build with ``from_vocab_file("vocab.txt")`` or ``from_pretrained(folder)`` (a transformers
     tokenizer folder: tokenizer.json and/or vocab.txt, plus tokenizer_config.json /
     special_tokens_map.json / added_tokens.json when present).
+
+    ``clean_up_tokenization_spaces`` (decode's default) is True for a tokenizer built from a vocab.txt
+    alone, as transformers 4's BertTokenizer and the original BLIP decode; a folder's
+    tokenizer_config.json value wins. A tokenizer_config.json without the key reads as True too
+    (transformers 4), except one written by transformers 5 (it has a "backend" key), which reads as False
+    as transformers 5 does.
+
+    With a tokenizer.json, ``do_lower_case`` / ``strip_accents`` / ``tokenize_chinese_chars`` from
+    tokenizer_config.json or from ``from_pretrained`` keyword arguments replace its normalizer by the
+    BertNormalizer they describe, as transformers does; an option given nowhere is taken from the
+    tokenizer.json's BertNormalizer (transformers: BertTokenizer's default).
     """
 
     def __init__(
@@ -292,6 +361,9 @@ class WordPieceTokenizer(BlipTokenizer):
         bos_token: str = "[DEC]",
         enc_token: str = "[ENC]",
         model_max_length: int = DEFAULT_MODEL_MAX_LENGTH,
+        padding_side: str = "right",
+        truncation_side: str = "right",
+        clean_up_tokenization_spaces: bool = True,
         source: str = "<memory>",
     ):
         """``tokenizer``: a ``tokenizers.Tokenizer`` with a WordPiece model. Missing specials are added
@@ -307,6 +379,9 @@ class WordPieceTokenizer(BlipTokenizer):
         self.strip_accents = strip_accents
         self.tokenize_chinese_chars = tokenize_chinese_chars
         self.model_max_length = int(model_max_length)
+        self.padding_side = _side(padding_side, f"{source}: padding_side")
+        self.truncation_side = _side(truncation_side, f"{source}: truncation_side")
+        self.clean_up_tokenization_spaces = bool(clean_up_tokenization_spaces)
         self.pad_token, self.unk_token = pad_token, unk_token
         self.cls_token, self.sep_token = cls_token, sep_token
         self.mask_token, self.bos_token, self.enc_token = mask_token, bos_token, enc_token
@@ -344,15 +419,19 @@ class WordPieceTokenizer(BlipTokenizer):
     # ------------------------------------------------------------------ constructors
     @staticmethod
     def _read_vocab(path: str) -> dict[str, int]:
-        """vocab.txt: one token per line, id = line number (a repeated token keeps its last line)."""
+        """vocab.txt: one token per line, id = line number (a repeated token keeps its last line).
+
+        Read by the tokenizers library as transformers 5 does: lines end at "\n" and trailing
+        whitespace ("\r", spaces) is dropped from each token."""
+        from tokenizers.models import WordPiece
+
+        with open(path, "rb") as f:
+            data = f.read()
         try:
-            with open(path, encoding="utf-8") as f:
-                lines = f.readlines()
+            data.decode("utf-8")
         except UnicodeDecodeError as e:
             raise ValueError(f"{path} is not a UTF-8 text vocabulary: {e}") from e
-        vocab = {}
-        for index, line in enumerate(lines):
-            vocab[line.rstrip("\n")] = index
+        vocab = dict(WordPiece.read_file(path)) if data else {}
         if not vocab:
             raise ValueError(f"{path} is empty: a WordPiece vocabulary needs one token per line")
         return vocab
@@ -446,14 +525,25 @@ class WordPieceTokenizer(BlipTokenizer):
             tok = Tokenizer.from_str(json.dumps(spec))
         except Exception as e:  # the Rust side raises plain Exception subclasses
             raise ValueError(f"{path} could not be loaded by the tokenizers library: {e}") from e
+        from tokenizers import normalizers
+
         normalizer = spec.get("normalizer") or {}
         kwargs = dict(options)
-        if normalizer.get("type") == "BertNormalizer":
+        if normalizer.get("type") == "BertNormalizer":  # only for options given nowhere else
             kwargs.setdefault("do_lower_case", normalizer.get("lowercase", True))
             kwargs.setdefault("strip_accents", normalizer.get("strip_accents"))
             kwargs.setdefault("tokenize_chinese_chars", normalizer.get("handle_chinese_chars", True))
         kwargs.setdefault("unk_token", spec["model"].get("unk_token", "[UNK]"))
         kwargs.update(overrides)
+        kwargs.setdefault("do_lower_case", True)
+        kwargs.setdefault("strip_accents", None)
+        kwargs.setdefault("tokenize_chinese_chars", True)
+        # As transformers' BertTokenizer: the options rebuild the normalizer, so tokenize() and the
+        # attributes (and what save_pretrained writes) always agree.
+        tok.normalizer = normalizers.BertNormalizer(
+            clean_text=True, handle_chinese_chars=kwargs["tokenize_chinese_chars"],
+            strip_accents=kwargs["strip_accents"], lowercase=kwargs["do_lower_case"],
+        )
         return cls(tok, source=path, **kwargs)
 
     # ------------------------------------------------------------------ encoding / decoding
@@ -473,13 +563,18 @@ class WordPieceTokenizer(BlipTokenizer):
         """Text -> WordPiece strings (no [CLS]/[SEP])."""
         return self._tok.encode(text, add_special_tokens=False).tokens
 
-    def decode(self, ids: Any, skip_special_tokens: bool = True) -> str:
-        """Join WordPieces ("##" pieces glued on, " ," -> ","), as transformers' fast tokenizer does."""
+    def decode(self, ids: Any, skip_special_tokens: bool = True,
+               clean_up_tokenization_spaces: bool | None = None) -> str:
+        """Join WordPieces ("##" pieces glued on, " ," -> ","), as transformers' fast tokenizer does;
+        with clean-up (None -> ``self.clean_up_tokenization_spaces``) also "dog ' s" -> "dog's" etc."""
         ids = _to_id_list(ids)
         bad = [i for i in ids if not 0 <= i < self.vocab_size]
         if bad:
             raise ValueError(f"Token ids {bad[:5]} are outside the vocabulary [0, {self.vocab_size})")
-        return self._tok.decode(ids, skip_special_tokens=skip_special_tokens)
+        text = self._tok.decode(ids, skip_special_tokens=skip_special_tokens)
+        if self._cleanup_wanted(clean_up_tokenization_spaces):
+            text = clean_up_tokenization(text)
+        return text
 
     def convert_ids_to_tokens(self, ids: int | Sequence[int]) -> str | list[str]:
         if isinstance(ids, (int, np.integer)):
@@ -521,6 +616,9 @@ class WordPieceTokenizer(BlipTokenizer):
             "strip_accents": self.strip_accents,
             "tokenize_chinese_chars": self.tokenize_chinese_chars,
             "model_max_length": self.model_max_length,
+            "clean_up_tokenization_spaces": self.clean_up_tokenization_spaces,
+            "padding_side": self.padding_side,
+            "truncation_side": self.truncation_side,
             # transformers 5 reads extra_special_tokens, 4.x additional_special_tokens.
             "extra_special_tokens": [self.enc_token],
             "additional_special_tokens": [self.enc_token],
@@ -547,9 +645,13 @@ def _read_hf_config(folder: str) -> dict[str, Any]:
                 raise ValueError(f"{path} must hold a JSON object")
             merged.update(data)
     options: dict[str, Any] = {}
-    for key in ("do_lower_case", "strip_accents", "tokenize_chinese_chars"):
+    for key in ("do_lower_case", "strip_accents", "tokenize_chinese_chars", "padding_side", "truncation_side"):
         if key in merged:
             options[key] = merged[key]
+    if "clean_up_tokenization_spaces" in merged:  # null reads as False, as in transformers
+        options["clean_up_tokenization_spaces"] = bool(merged["clean_up_tokenization_spaces"])
+    elif "backend" in merged:  # written by transformers 5, whose default is False
+        options["clean_up_tokenization_spaces"] = False
     for key in ("pad_token", "unk_token", "cls_token", "sep_token", "mask_token", "bos_token"):
         if merged.get(key) is not None:
             options[key] = _token_str(merged[key])
@@ -572,11 +674,14 @@ class SentencePieceTokenizer(BlipTokenizer):
     """A sentencepiece (unigram or BPE) tokenizer with BLIP's specials at fixed low ids.
 
     Lowercases (and NFKC-normalises, sentencepiece's default rule) its input when ``do_lower_case``, both
-    for training and encoding, like BLIP's uncased BERT setup.
+    for training and encoding, like BLIP's uncased BERT setup. ``clean_up_tokenization_spaces``
+    defaults to False: sentencepiece already restores the original spacing.
     """
 
     def __init__(self, model_proto: bytes, *, do_lower_case: bool = True,
-                 model_max_length: int = DEFAULT_MODEL_MAX_LENGTH, source: str = "<memory>"):
+                 model_max_length: int = DEFAULT_MODEL_MAX_LENGTH, padding_side: str = "right",
+                 truncation_side: str = "right", clean_up_tokenization_spaces: bool = False,
+                 source: str = "<memory>"):
         import sentencepiece as spm
 
         try:
@@ -586,6 +691,9 @@ class SentencePieceTokenizer(BlipTokenizer):
         self._proto = bytes(model_proto)
         self.do_lower_case = do_lower_case
         self.model_max_length = int(model_max_length)
+        self.padding_side = _side(padding_side, f"{source}: padding_side")
+        self.truncation_side = _side(truncation_side, f"{source}: truncation_side")
+        self.clean_up_tokenization_spaces = bool(clean_up_tokenization_spaces)
         self.source = source
         ids = {}
         for name, (piece, _) in SPM_SPECIALS.items():
@@ -673,7 +781,8 @@ class SentencePieceTokenizer(BlipTokenizer):
 
     @classmethod
     def from_file(cls, path: str | os.PathLike, **kwargs: Any) -> SentencePieceTokenizer:
-        """A ``.model`` file -> tokenizer. kwargs: do_lower_case, model_max_length."""
+        """A ``.model`` file -> tokenizer. kwargs: do_lower_case, model_max_length, padding_side,
+        truncation_side, clean_up_tokenization_spaces."""
         path = os.fspath(path)
         if not os.path.isfile(path):
             raise FileNotFoundError(f"sentencepiece model file not found: {path}")
@@ -701,6 +810,11 @@ class SentencePieceTokenizer(BlipTokenizer):
             max_len = config.get("model_max_length")
             if isinstance(max_len, (int, float)) and max_len < _NO_LIMIT:
                 kwargs["model_max_length"] = int(max_len)
+            for key in ("padding_side", "truncation_side"):
+                if key in config:
+                    kwargs[key] = config[key]
+            if "clean_up_tokenization_spaces" in config:
+                kwargs["clean_up_tokenization_spaces"] = bool(config["clean_up_tokenization_spaces"])
         kwargs.update(overrides)
         return cls.from_file(model_path, **kwargs)
 
@@ -718,8 +832,11 @@ class SentencePieceTokenizer(BlipTokenizer):
     def tokenize(self, text: str) -> list[str]:
         return self._sp.encode(self._prepare(text), out_type=str)
 
-    def decode(self, ids: Any, skip_special_tokens: bool = True) -> str:
-        """Pieces -> text; specials are dropped, or written as "[DEC]" etc. separated by spaces."""
+    def decode(self, ids: Any, skip_special_tokens: bool = True,
+               clean_up_tokenization_spaces: bool | None = None) -> str:
+        """Pieces -> text; specials are dropped, or written as "[DEC]" etc. separated by spaces.
+        ``clean_up_tokenization_spaces`` (None -> the attribute, False by default) applies
+        ``clean_up_tokenization`` afterwards."""
         ids = _to_id_list(ids)
         bad = [i for i in ids if not 0 <= i < self.vocab_size]
         if bad:
@@ -739,7 +856,8 @@ class SentencePieceTokenizer(BlipTokenizer):
         if run:
             parts.append(self._sp.decode(run))
         # Stripping drops the stray space a lone "▁" piece leaves next to a removed [UNK]/special.
-        return " ".join(p.strip() for p in parts if p.strip())
+        text = " ".join(p.strip() for p in parts if p.strip())
+        return clean_up_tokenization(text) if self._cleanup_wanted(clean_up_tokenization_spaces) else text
 
     def convert_ids_to_tokens(self, ids: int | Sequence[int]) -> str | list[str]:
         if isinstance(ids, (int, np.integer)):
@@ -770,6 +888,9 @@ class SentencePieceTokenizer(BlipTokenizer):
             "model_file": SPM_MODEL_NAME,
             "do_lower_case": self.do_lower_case,
             "model_max_length": self.model_max_length,
+            "clean_up_tokenization_spaces": self.clean_up_tokenization_spaces,
+            "padding_side": self.padding_side,
+            "truncation_side": self.truncation_side,
             "special_token_ids": {piece: i for piece, i in (
                 ("[PAD]", self.pad_token_id), ("[UNK]", self.unk_token_id), ("[CLS]", self.cls_token_id),
                 ("[SEP]", self.sep_token_id), ("[MASK]", self.mask_token_id), ("[DEC]", self.bos_token_id),

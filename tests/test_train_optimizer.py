@@ -191,8 +191,11 @@ def test_grad_clip_by_global_norm():
 
 
 def test_accumulation_equals_one_step_on_concatenated_batch():
-    # Least squares with a mean loss: the mean of two half-batch gradients is the full-batch gradient,
-    # so 2 accumulated micro-steps must equal 1 step on the concatenation (through AdamW + decay).
+    # Least squares with a plain per-example mean loss over equal halves: then (and only then) the
+    # equal-weight mean of the two half-batch gradients that optax.MultiSteps takes is the
+    # full-batch gradient, so 2 accumulated micro-steps must equal 1 step on the concatenation
+    # (through AdamW + decay + clipping). Losses that are means over a varying number of terms
+    # (LM over valid tokens, ITM over valid pairs) are not equivalent: see the optimizer module.
     rng = np.random.default_rng(0)
     x = jnp.asarray(rng.normal(size=(8, 3)), jnp.float32)
     y = jnp.asarray(rng.normal(size=(8,)), jnp.float32)
@@ -206,7 +209,8 @@ def test_accumulation_equals_one_step_on_concatenated_batch():
         cfg.lr = 0.1
         cfg.optim.accum_steps = accum
         cfg.optim.grad_clip = 1.0
-        tx, _ = opt.make_optimizer(cfg, steps_per_epoch=2, total_steps=n_updates)
+        # steps count training steps (micro-batches): 2 updates per epoch either way
+        tx, _ = opt.make_optimizer(cfg, steps_per_epoch=2 * accum, total_steps=n_updates * accum)
 
         @jax.jit
         def step(w, state, xb, yb):
@@ -231,6 +235,48 @@ def test_accumulation_equals_one_step_on_concatenated_batch():
     tx, _ = opt.make_optimizer(cfg, 2, 4)
     u, _ = tx.update(jax.grad(loss)(w0, *halves[0]), tx.init(w0), w0)
     assert all(float(jnp.abs(v).max()) == 0.0 for v in jax.tree_util.tree_leaves(u))
+
+
+@pytest.mark.parametrize("kind", ["cosine", "blip_step"])
+def test_schedule_epochs_follow_data_epochs_under_accumulation(kind):
+    """BLIP caption fine-tune on COCO (113287 images / 256 = 442 steps per epoch), 5 epochs, with
+    accum_steps=3: update u's epoch is the data epoch of its first micro-batch, (3u) // 442, and the
+    cosine spans the configured 5 epochs (passing 442 // 3 and 2210 // 3 updates gave 6)."""
+    spe, epochs, accum = 442, 5, 3
+    cfg = opt.default_config()
+    cfg.lr, cfg.optim.accum_steps = 1e-5, accum
+    cfg.schedule.update(type=kind, min_lr=0.0, warmup_steps=0, decay_rate=0.5)
+    _, sched = opt.make_optimizer(cfg, steps_per_epoch=spe, total_steps=epochs * spe)
+
+    def blip(epoch):
+        if kind == "cosine":
+            return 1e-5 * 0.5 * (1 + math.cos(math.pi * epoch / epochs))
+        return 1e-5 * 0.5**epoch
+
+    # micro-step -> the update it belongs to: update 147 (micro-steps 441-443) starts in epoch 0,
+    # 148 (444-446) in epoch 1; 1326 = 3 * 442 exactly; 736 (2208-2210) is the last whole update.
+    micro = [0, 440, 441, 444, 882, 885, 1326, 1767, 1770, 2208]
+    updates = [m // accum for m in micro]
+    got = _lrs(sched, updates)
+    want = [blip(u * accum // spe) for u in updates]
+    assert [u * accum // spe for u in updates] == [0, 0, 0, 1, 1, 2, 3, 3, 4, 4]
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-12)
+    # every update of the run, against the data epoch of its first micro-batch
+    all_updates = np.arange(epochs * spe // accum)
+    np.testing.assert_allclose(_lrs(sched, all_updates), [blip(u * accum // spe) for u in all_updates],
+                               rtol=1e-5, atol=1e-12)
+    if kind == "cosine":  # the last epoch runs at cos(4 pi / 5), as BLIP's 5-epoch run
+        assert float(sched(736)) == pytest.approx(1e-5 * 0.5 * (1 + math.cos(4 * math.pi / 5)), rel=1e-5)
+
+
+def test_warmup_counts_updates_under_accumulation():
+    """warmup_steps stays a count of optimiser updates with accumulation (update u warms up as
+    without it), while the epoch boundary is the data's (10 micro-batches = 5 updates of 2)."""
+    cfg = _cfg(type="blip_step", warmup_steps=4, warmup_lr=0.0, min_lr=0.0, decay_rate=0.5)
+    cfg.lr = 1.0
+    cfg.optim.accum_steps = 2
+    _, sched = opt.make_optimizer(cfg, steps_per_epoch=10, total_steps=40)
+    np.testing.assert_allclose(_lrs(sched, [0, 1, 2, 3, 4, 5, 10, 15]), [0.0, 0.25, 0.5, 0.75, 1.0, 0.5, 0.25, 0.125])
 
 
 def test_optimizer_under_jit_with_schedule_count():

@@ -82,11 +82,16 @@ def caption_step_flops(config, batch: int, text_length: int, image_size: int | N
 
 
 def vqa_step_flops(config, batch: int, question_length: int, answers_shape, image_size: int | None = None) -> int:
-    """VQA fine-tune step: ViT + grounded question encoder + K answers decoded over the question."""
+    """VQA fine-tune step: ViT + grounded question encoder + K answers decoded over the question.
+
+    The answer decoder's cross-attention keys/values of the question are projected once per
+    question and layer, not once per answer: `layers.Attention` folds the K answers of a question
+    onto that question's keys/values. Scores and weighted values are per answer."""
     vc, tc = config.vision_config, config.text_config
     size = image_size or vc.image_size
     s = (size // vc.patch_size) ** 2 + 1
     k, la = int(answers_shape[0]), int(answers_shape[1])
     fwd = vision_forward_flops(vc, size) + text_forward_flops(tc, question_length, s, vc.hidden_size)
-    fwd += k * text_forward_flops(tc, la, question_length, tc.hidden_size, lm_head=True)
+    fwd += tc.num_hidden_layers * cross_kv_flops(question_length, tc.hidden_size, tc.hidden_size)
+    fwd += k * text_forward_flops(tc, la, question_length, tc.hidden_size, lm_head=True, cross_kv=False)
     return 3 * batch * fwd

@@ -9,15 +9,18 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import logging
 import math
 import os
 import time
+import types
 
 import jax
 import ml_collections
+import numpy as np
 
 from blip_jax.compiler_options import train_compiler_options
 from blip_jax.configuration import BlipConfig, BlipTextConfig, BlipVisionConfig
@@ -157,7 +160,9 @@ def train(cfg: ml_collections.ConfigDict, workdir: str) -> TrainResult:
     model, init_extra = tasks.build_model(cfg, config, cfg.seed)
     # Schedules count optimiser updates; with accumulation one update spans `accum` micro-steps.
     accum = max(1, int(cfg.optimizer.optim.get("accum_steps", 1)))
-    tx, update_schedule = make_optimizer(cfg.optimizer, max(1, steps_per_epoch // accum), max(1, total_steps // accum))
+    # Steps per epoch and in the run are counted in micro-batches: the schedule puts each update
+    # in the data epoch of its first micro-batch (optimizer.make_schedule).
+    tx, update_schedule = make_optimizer(cfg.optimizer, steps_per_epoch, total_steps)
 
     def schedule(step):
         return update_schedule(step // accum)
@@ -250,7 +255,7 @@ def train(cfg: ml_collections.ConfigDict, workdir: str) -> TrainResult:
     history = []
     batch = first
     step = start
-    last_log_time, last_log_step = time.perf_counter(), start
+    timer = StepTimer(start)
     stopped_early = False
     try:
         while step < total_steps:
@@ -259,41 +264,39 @@ def train(cfg: ml_collections.ConfigDict, workdir: str) -> TrainResult:
             must_log = step % cfg.log_every_steps == 0 or step == total_steps
             must_save = checkpointer.should_save(step) or step == total_steps
             stop = preemption.should_stop(step)
-            if must_log or must_save or stop:
+            eval_names = due(evals, step) or (list(evals) if step == total_steps else [])
+            # Every process takes the same branches: the metrics are replicated, the conditions
+            # depend on the step only (and `stop` is agreed on by all processes).
+            if must_log or must_save or stop or eval_names:
+                # Before anything reads or keeps the state: a diverged model is neither evaluated,
+                # nor logged, nor saved (periodic or best checkpoint).
                 scalars = _scalar_metrics(metrics)
-                if not all(math.isfinite(v) for v in scalars.values()):
-                    bad = {k: v for k, v in scalars.items() if not math.isfinite(v)}
-                    raise TrainingDiverged(
-                        f"step {step}: non-finite metrics {bad}; stopping. The last good checkpoint "
-                        f"(step {checkpointer.latest_step()}) in {checkpointer.directory} is kept."
-                    )
+                check_finite(scalars, step, checkpointer)
                 if must_log:
                     scalars = window_means(scalars)
-                    now = time.perf_counter()
-                    dt = (now - last_log_time) / max(1, step - last_log_step)
-                    last_log_time, last_log_step = now, step
+                    dt, paused = timer.window(step)
                     scalars.update(step_time_s=dt, images_per_s=global_batch / dt,
-                                   tflops_per_s=step_flops / dt / 1e12, mfu=step_flops / dt / peak_total)
-                    from blip_jax.data.pipelines import data_metrics
-
-                    scalars.update(data_metrics(data_iter))
+                                   tflops_per_s=step_flops / dt / 1e12, mfu=step_flops / dt / peak_total,
+                                   paused_s=paused)
+                    scalars.update(global_data_metrics(data_iter))
                     writer.write_scalars(step, scalars)
                     history.append({"step": step, **scalars})
-            eval_names = due(evals, step) or (list(evals) if step == total_steps else [])
             if eval_names:
-                results = run_evals(evals, tasks.eval_models(task, nnx.merge(graphdef, state.params, state.rest),
-                                                                   config),
-                                    tokenizer, mesh, os.path.join(workdir, "eval"), step=step, data_root=data_root,
-                                    names=eval_names)
-                writer.write_scalars(step, {f"eval/{k}": v for k, v in results.items()})
-                history.append({"step": step, **{f"eval/{k}": v for k, v in results.items()}})
-                best = cfg.get("best_metric", "")
-                value = best_metric_value(best, results)
-                if value is not None:
-                    checkpointer.save_best(step, state, best, value, cfg.get("best_mode", "max"))
+                with timer.paused():  # not train-step time; each eval logs its own `seconds`
+                    results = run_evals(evals, tasks.eval_models(task, nnx.merge(graphdef, state.params, state.rest),
+                                                                       config),
+                                        tokenizer, mesh, os.path.join(workdir, "eval"), step=step,
+                                        data_root=data_root, names=eval_names)
+                    writer.write_scalars(step, {f"eval/{k}": v for k, v in results.items()})
+                    history.append({"step": step, **{f"eval/{k}": v for k, v in results.items()}})
+                    best = cfg.get("best_metric", "")
+                    value = best_metric_value(best, results)
+                    if value is not None:
+                        checkpointer.save_best(step, state, best, value, cfg.get("best_mode", "max"))
             if must_save or stop:
-                # The iterator now stands at batch `step`: exactly where a resumed run must start.
-                checkpointer.save(step, state, data_iter, cfg, force=stop or step == total_steps)
+                with timer.paused():
+                    # The iterator now stands at batch `step`: exactly where a resumed run must start.
+                    checkpointer.save(step, state, data_iter, cfg, force=stop or step == total_steps)
             if stop:
                 stopped_early = True
                 log.warning("stop requested (SIGTERM): saved step %d, exiting", step)
@@ -311,6 +314,70 @@ def train(cfg: ml_collections.ConfigDict, workdir: str) -> TrainResult:
             export_hf(task, graphdef, state, config, os.path.join(workdir, "export"))
     checkpointer.close()
     return TrainResult(step, history, workdir)
+
+
+def check_finite(scalars: dict[str, float], step: int, checkpointer) -> None:
+    """Raise TrainingDiverged when a metric (a window sum: one bad step poisons it) is NaN or inf."""
+    bad = {k: v for k, v in scalars.items() if not math.isfinite(v)}
+    if bad:
+        raise TrainingDiverged(
+            f"step {step}: non-finite metrics {bad}; stopping. The last good checkpoint "
+            f"(step {checkpointer.latest_step()}) in {checkpointer.directory} is kept."
+        )
+
+
+class StepTimer:
+    """Train-step time per logging window: wall time since the last log, less the time spent in
+    evaluations and checkpoint saves (``with timer.paused():``), divided by the window's steps.
+    Those pauses are reported on their own (``paused_s``), so step_time_s, images_per_s, TFLOP/s
+    and MFU describe training alone."""
+
+    def __init__(self, step: int, clock=time.perf_counter):
+        self._clock = clock
+        self._last_time, self._last_step, self._paused = clock(), step, 0.0
+
+    @contextlib.contextmanager
+    def paused(self):
+        t0 = self._clock()
+        try:
+            yield
+        finally:
+            self._paused += self._clock() - t0
+
+    def window(self, step: int) -> tuple[float, float]:
+        """(seconds per train step, seconds paused) since the previous call; starts the next window."""
+        now = self._clock()
+        paused = self._paused
+        busy = max(now - self._last_time - paused, 1e-9)
+        dt = busy / max(1, step - self._last_step)
+        self._last_time, self._last_step, self._paused = now, step, 0.0
+        return dt, paused
+
+
+def combine_skip_counts(per_process) -> dict[str, int]:
+    """Per-process skip-count vectors (rows ordered as data.records.SKIP_REASONS) -> the global
+    {reason: count} (reasons with a count only), as ``SkipCountingIterator.skip_counts`` has it."""
+    from blip_jax.data.records import SKIP_REASONS
+
+    rows = np.asarray(per_process, np.int64).reshape(-1, len(SKIP_REASONS))
+    return {r: int(c) for r, c in zip(SKIP_REASONS, rows.sum(0)) if c}
+
+
+def global_data_metrics(data_iter, gather=None) -> dict[str, int]:
+    """``data/skipped/*`` summed over all processes (each process's iterator counts only the
+    records of its own shard). Every process must call it at the same step: with several processes
+    the count vectors are all-gathered (``gather``: a stand-in for tests). One process: its counts."""
+    from blip_jax.data.pipelines import data_metrics
+    from blip_jax.data.records import SKIP_REASONS
+
+    local = data_iter.skip_counts
+    vec = np.array([local.get(r, 0) for r in SKIP_REASONS], np.int32)  # int32: what jax carries without x64
+    if gather is None and jax.process_count() > 1:
+        from jax.experimental import multihost_utils
+
+        gather = multihost_utils.process_allgather
+    counts = combine_skip_counts(gather(vec)) if gather is not None else local
+    return data_metrics(types.SimpleNamespace(skip_counts=counts))
 
 
 def _resume(checkpointer, abstract, data_iter, cfg, workdir: str):
@@ -400,4 +467,5 @@ def history_from_jsonl(path: str) -> dict[int, dict]:
     return out
 
 
-__all__ = ["train", "TrainResult", "TrainingDiverged", "model_config", "export_hf"]
+__all__ = ["train", "TrainResult", "TrainingDiverged", "StepTimer", "global_data_metrics", "model_config",
+           "export_hf"]

@@ -8,10 +8,23 @@ Two facts shape this module:
   ``lr = min_lr + (lr - min_lr) * (1 + cos(pi * epoch / max_epoch)) / 2`` at the start of every
   epoch. Here they are written as functions of the optimiser-update count so that optax can
   evaluate them inside ``jit``; the epoch is ``count // steps_per_epoch``.
-* Every schedule is indexed by *optimiser updates*. With gradient accumulation
-  (``optim.accum_steps = k > 1``) ``optax.MultiSteps`` calls the inner AdamW, and so the schedule,
-  once per ``k`` micro-batches; ``steps_per_epoch`` and ``total_steps`` must then count updates,
-  not micro-batches.
+* Every schedule is indexed by *optimiser updates*, but epochs are *data* epochs. With gradient
+  accumulation (``optim.accum_steps = k > 1``) ``optax.MultiSteps`` calls the inner AdamW, and so
+  the schedule, once per ``k`` micro-batches. :func:`make_optimizer` and :func:`make_schedule`
+  take ``steps_per_epoch`` and ``total_steps`` in *training steps* (batches fed to the train step:
+  micro-batches under accumulation) and the per-epoch schedules place update ``u`` in data epoch
+  ``(u * k) // steps_per_epoch`` (the epoch of its first micro-batch), with
+  ``ceil(total_steps / steps_per_epoch)`` epochs: exactly the data's epochs, also when
+  ``steps_per_epoch`` is not a multiple of ``k``. ``warmup_steps`` stays a count of updates.
+
+Gradient accumulation (``k > 1``) is the usual ``loss / k`` practice, not an exact big batch: each
+micro-batch's loss is its own mean (LM over its valid tokens, ITM over its valid pairs, ...) and
+``optax.MultiSteps`` averages the ``k`` micro-batch gradients with equal weights. That equals the
+gradient of the big batch only when every micro-batch holds the same number of loss terms (e.g. a
+plain per-example mean over equal micro-batches); micro-batches of short and long captions weigh
+their tokens differently. The train step's logged ``grad_norm`` is the norm of each micro-batch's
+gradient (averaged over the logging window), not the norm of the averaged gradient that
+``grad_clip`` sees and the update uses.
 
 Parameter paths: masks (weight decay, frozen) are computed from the paths of the parameter
 pytree (an ``nnx.State``, a dict, any pytree) with :func:`jax.tree_util.tree_map_with_path`.
@@ -31,7 +44,10 @@ Config fields read (see :func:`default_config` for a complete block with BLIP-pr
     optim.b1, optim.b2, optim.eps   AdamW moments (torch defaults 0.9, 0.999, 1e-8)
     optim.wd_mask           "all" (BLIP: every parameter) | "no_bias_norm"
     optim.grad_clip         clip by global norm; 0 or None disables (BLIP has none)
-    optim.accum_steps       micro-batches per update (optax.MultiSteps); 1 disables
+    optim.accum_steps       micro-batches per update (optax.MultiSteps); 1 disables. Equal-weight
+                            mean of micro-batch gradients, each of its own mean loss (see above:
+                            not the big batch's gradient when token counts differ); the logged
+                            grad_norm is the micro-batch gradient's
     optim.frozen            regexes (re.search on the path); matching leaves get zero updates
 """
 
@@ -107,27 +123,34 @@ def blip_step_schedule(
     warmup_lr: float,
     min_lr: float,
     decay_rate: float,
+    accum_steps: int = 1,
 ) -> optax.Schedule:
     """BLIP pretraining: ``warmup_lr_schedule`` in epoch 0, ``step_lr_schedule`` from epoch 1.
 
-    For update ``t`` (0-based), ``e = t // steps_per_epoch`` and ``i = t % steps_per_epoch``:
-    ``e == 0``: ``min(lr, warmup_lr + (lr - warmup_lr) * i / warmup_steps)``;
+    For update ``u`` (0-based), ``t = u * accum_steps`` (its first training step),
+    ``e = t // steps_per_epoch`` and ``i = t % steps_per_epoch``:
+    ``e == 0``: ``min(lr, warmup_lr + (lr - warmup_lr) * i / (warmup_steps * accum_steps))``;
     ``e >= 1``: ``max(min_lr, lr * decay_rate ** e)``.
     As in the original, warmup only runs inside epoch 0: if ``warmup_steps > steps_per_epoch``
     the warmup is cut short and epoch 1 jumps to ``lr * decay_rate``.
 
+    Args:
+        steps_per_epoch: training steps (micro-batches when ``accum_steps > 1``) per data epoch.
+        warmup_steps: warmup length in updates.
+        accum_steps: micro-batches per update.
+
     Returns:
         ``count (int scalar) -> lr (float32 scalar)``.
     """
-    if steps_per_epoch <= 0:
-        raise ValueError(f"steps_per_epoch must be positive, got {steps_per_epoch}")
+    if steps_per_epoch <= 0 or accum_steps <= 0:
+        raise ValueError(f"need steps_per_epoch > 0 and accum_steps > 0, got {steps_per_epoch}, {accum_steps}")
 
     def schedule(count):
-        count = jnp.asarray(count, jnp.int32)
+        count = jnp.asarray(count, jnp.int32) * accum_steps
         epoch = count // steps_per_epoch
         i = (count - epoch * steps_per_epoch).astype(jnp.float32)
         if warmup_steps > 0:
-            warm = jnp.minimum(lr, warmup_lr + (lr - warmup_lr) * i / warmup_steps)
+            warm = jnp.minimum(lr, warmup_lr + (lr - warmup_lr) * i / (warmup_steps * accum_steps))
         else:
             warm = jnp.float32(lr)
         decayed = jnp.maximum(min_lr, lr * jnp.power(jnp.float32(decay_rate), epoch.astype(jnp.float32)))
@@ -136,37 +159,43 @@ def blip_step_schedule(
     return schedule
 
 
-def blip_cosine_schedule(lr: float, steps_per_epoch: int, num_epochs: int, *, min_lr: float) -> optax.Schedule:
+def blip_cosine_schedule(lr: float, steps_per_epoch: int, num_epochs: int, *, min_lr: float,
+                         accum_steps: int = 1) -> optax.Schedule:
     """BLIP fine-tuning ``cosine_lr_schedule``: constant within an epoch, cosine across epochs.
 
     ``lr_e = min_lr + (lr - min_lr) * 0.5 * (1 + cos(pi * e / num_epochs))`` with
-    ``e = count // steps_per_epoch``; epoch 0 runs at ``lr`` and the last epoch never reaches
+    ``e = (count * accum_steps) // steps_per_epoch`` (``steps_per_epoch`` in training steps:
+    micro-batches under accumulation); epoch 0 runs at ``lr`` and the last epoch never reaches
     ``min_lr`` (exactly as the original, which calls it at the start of each epoch).
 
     Returns:
         ``count (int scalar) -> lr (float32 scalar)``.
     """
-    if steps_per_epoch <= 0 or num_epochs <= 0:
-        raise ValueError(f"need steps_per_epoch > 0 and num_epochs > 0, got {steps_per_epoch}, {num_epochs}")
+    if steps_per_epoch <= 0 or num_epochs <= 0 or accum_steps <= 0:
+        raise ValueError(f"need steps_per_epoch, num_epochs and accum_steps > 0, got {steps_per_epoch}, "
+                         f"{num_epochs}, {accum_steps}")
 
     def schedule(count):
-        epoch = (jnp.asarray(count, jnp.int32) // steps_per_epoch).astype(jnp.float32)
+        epoch = (jnp.asarray(count, jnp.int32) * accum_steps // steps_per_epoch).astype(jnp.float32)
         return (min_lr + (lr - min_lr) * 0.5 * (1.0 + jnp.cos(jnp.pi * epoch / num_epochs))).astype(jnp.float32)
 
     return schedule
 
 
-def make_schedule(cfg: ml_collections.ConfigDict, steps_per_epoch: int, total_steps: int) -> optax.Schedule:
+def make_schedule(cfg: ml_collections.ConfigDict, steps_per_epoch: int, total_steps: int,
+                  accum_steps: int = 1) -> optax.Schedule:
     """Learning-rate schedule named by ``cfg.schedule.type``.
 
     Args:
         cfg: config with ``lr`` and a ``schedule`` block (module docstring).
-        steps_per_epoch: optimiser updates per epoch (after gradient accumulation).
-        total_steps: optimiser updates in the whole run; ``cosine`` uses
-            ``ceil(total_steps / steps_per_epoch)`` epochs, ``warmup_cosine`` decays over it.
+        steps_per_epoch: training steps per data epoch (micro-batches when ``accum_steps > 1``).
+        total_steps: training steps in the whole run (micro-batches likewise); ``cosine`` uses
+            ``ceil(total_steps / steps_per_epoch)`` epochs, ``warmup_cosine`` decays over
+            ``total_steps // accum_steps`` updates.
+        accum_steps: micro-batches per optimiser update.
 
     Returns:
-        ``optax.Schedule``: ``count (int scalar) -> lr (float32 scalar)``, jit-safe.
+        ``optax.Schedule``: ``update_count (int scalar) -> lr (float32 scalar)``, jit-safe.
     """
     sched = _get(cfg, "schedule", None)
     kind = _get(sched, "type", "constant")
@@ -182,10 +211,11 @@ def make_schedule(cfg: ml_collections.ConfigDict, steps_per_epoch: int, total_st
             warmup_lr=warmup_lr,
             min_lr=min_lr,
             decay_rate=float(_get(sched, "decay_rate", 0.9)),
+            accum_steps=accum_steps,
         )
     if kind == "cosine":
         num_epochs = max(1, math.ceil(total_steps / max(1, steps_per_epoch)))
-        return blip_cosine_schedule(lr, steps_per_epoch, num_epochs, min_lr=min_lr)
+        return blip_cosine_schedule(lr, steps_per_epoch, num_epochs, min_lr=min_lr, accum_steps=accum_steps)
     if kind == "constant":
         return optax.constant_schedule(lr)
     if kind == "warmup_cosine":
@@ -194,7 +224,7 @@ def make_schedule(cfg: ml_collections.ConfigDict, steps_per_epoch: int, total_st
             init_value=warmup_lr,
             peak_value=lr,
             warmup_steps=warmup_steps,
-            decay_steps=max(total_steps, warmup_steps + 1),
+            decay_steps=max(total_steps // accum_steps, warmup_steps + 1),
             end_value=min_lr,
         )
     raise ValueError(f"unknown schedule.type {kind!r}; expected one of {SCHEDULE_TYPES}")
@@ -283,23 +313,29 @@ def make_optimizer(
     ``adamw(schedule, b1, b2, eps, weight_decay, mask=wd_mask)``; frozen leaves are routed to
     ``optax.set_to_zero`` by ``optax.multi_transform`` (so they also carry no Adam moments and do
     not count towards the clipping norm); the whole thing is wrapped in ``optax.MultiSteps`` when
-    ``optim.accum_steps > 1`` (it averages ``k`` micro-batch gradients, then applies one update;
-    the updates in between are zeros).
+    ``optim.accum_steps > 1`` (it averages ``k`` micro-batch gradients with equal weights, then
+    applies one update; the updates in between are zeros). Each micro-batch gradient is that of
+    its own mean loss, so the average is the big batch's gradient only when the micro-batches
+    hold equal numbers of loss terms (valid tokens, valid ITM pairs); clipping sees the averaged
+    gradient, while the train step logs each micro-batch gradient's norm (module docstring).
 
     Note AdamW here, like torch's, decays by ``lr(t) * weight_decay * param``: the decay follows
     the schedule.
 
     Args:
         cfg: config (module docstring; :func:`default_config`).
-        steps_per_epoch: optimiser updates per epoch.
-        total_steps: optimiser updates in the run.
+        steps_per_epoch: training steps per data epoch: batches fed to the train step, i.e.
+            micro-batches when ``optim.accum_steps > 1`` (the schedule maps updates to data
+            epochs itself).
+        total_steps: training steps (micro-batches likewise) in the run.
 
     Returns:
         ``(tx, schedule)``: ``tx.init(params)`` / ``tx.update(grads, opt_state, params)`` (params
         are required: AdamW's decay and the masks read them); ``schedule(update_count)`` for logging.
     """
     optim = _get(cfg, "optim", None)
-    schedule = make_schedule(cfg, steps_per_epoch, total_steps)
+    accum = max(1, int(_get(optim, "accum_steps", 1)))  # 0 or 1: no accumulation
+    schedule = make_schedule(cfg, steps_per_epoch, total_steps, accum_steps=accum)
     wd_mode = _get(optim, "wd_mask", "all")
     if wd_mode not in WD_MASKS:
         raise ValueError(f"unknown optim.wd_mask {wd_mode!r}; expected one of {WD_MASKS}")
@@ -329,7 +365,6 @@ def make_optimizer(
             lambda params: frozen_labels(params, frozen),
         )
 
-    accum = int(_get(optim, "accum_steps", 1))
     if accum > 1:
         tx = optax.MultiSteps(tx, every_k_schedule=accum).gradient_transformation()
     return tx, schedule

@@ -8,7 +8,7 @@ setup(
     description="BLIP vision-language pretraining, CapFilt and evaluation in JAX/Flax NNX",
     long_description=open("README.md", encoding="utf-8").read(),
     long_description_content_type="text/markdown",
-    python_requires=">=3.10",
+    python_requires=">=3.11",  # jax>=0.7 and flax>=0.12 need Python 3.11
     packages=find_packages(include=["blip_jax", "blip_jax.*"]),
     install_requires=[
         "jax>=0.7",

@@ -6,8 +6,11 @@ The config lists stages; each is one `blip-jax` command (train, capfilt, eval) r
 A stage that finishes leaves ``W/<stage>/STAGE_DONE`` (its command line); rerunning the pipeline
 skips those and resumes the interrupted one (each command resumes on its own), and stops with exit
 code 2 if a finished stage's command line has changed. A failing stage stops the pipeline with
-its exit code. SIGTERM / SIGINT (a scheduler's warning) reach a running train stage, which saves
-and returns; the pipeline then stops without marking that stage done and exits 0, like `train`.
+its exit code. SIGTERM / SIGINT (a scheduler's warning) reach a running train or capfilt stage,
+which saves and exits with code 75 (EX_TEMPFAIL, on every host: the stop is agreed); the pipeline
+then stops without marking that stage done and exits 75 too, like `train`. A signal during a stage
+that finishes anyway (eval) marks it done and stops the pipeline, with 75, before the next one; on
+several hosts that stop is agreed after every stage.
 At the end a summary compares the evaluations and shows the CapFilt report.
 """
 
@@ -43,8 +46,11 @@ def stage_argv(stage, workdir: str) -> list[str]:
 
 
 def run_pipeline(cfg, workdir: str) -> int:
+    from blip_jax.train.distributed import maybe_initialize_distributed
     from blip_jax.train.preemption import PreemptionHandler
 
+    # Before our handler: jax.distributed installs its own SIGTERM notifier when it initialises.
+    maybe_initialize_distributed()
     os.makedirs(workdir, exist_ok=True)
     with PreemptionHandler() as stop:
         return _run_stages(cfg, workdir, stop)
@@ -52,6 +58,7 @@ def run_pipeline(cfg, workdir: str) -> int:
 
 def _run_stages(cfg, workdir: str, stop) -> int:
     from blip_jax.cli import main as blip_jax
+    from blip_jax.train.preemption import EXIT_PREEMPTED
 
     seconds = {}
     for stage in cfg.stages:
@@ -71,16 +78,20 @@ def _run_stages(cfg, workdir: str, stop) -> int:
         log.info("stage %s: blip-jax %s", name, " ".join(argv))
         t0 = time.time()
         code = blip_jax(argv)
+        if code == EXIT_PREEMPTED:  # stopped early (agreed on every host): not done
+            print(f"blip-jax pipeline: stopped ({stop.reason or 'stage stopped early'}) during stage {name!r}, "
+                  "which is not marked done; rerunning the same command resumes from it", file=sys.stderr)
+            return EXIT_PREEMPTED
         if code:
             print(f"blip-jax pipeline: stage {name!r} failed with exit code {code}; rerunning the same command "
                   "resumes from it", file=sys.stderr)
             return code
-        if stop.stop_requested:  # a train stage saved and returned early; the others may have finished
-            print(f"blip-jax pipeline: stopped ({stop.reason}) during stage {name!r}, which is not marked done; "
-                  "rerunning the same command resumes from it", file=sys.stderr)
-            return 0
         seconds[name] = time.time() - t0
         write_json_atomic(done, {"argv": argv, "seconds": round(seconds[name], 1)})
+        if stop.should_stop():  # a signal during a stage that finished anyway; agreed by every host
+            print(f"blip-jax pipeline: stopped ({stop.reason}) after stage {name!r}; rerunning the same command "
+                  "goes on with the next stage", file=sys.stderr)
+            return EXIT_PREEMPTED
     print(summary(cfg, workdir, seconds))
     return 0
 

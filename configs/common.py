@@ -71,6 +71,9 @@ def base_config() -> ml_collections.ConfigDict:
     c.xla = ml_collections.ConfigDict(dict(command_buffers="default", command_buffer_update="default"))
     c.checkpoint = ml_collections.ConfigDict(dict(every_steps=1000, keep=3, async_save=True))
     c.log_every_steps = 50
+    # Multi-host: hosts agree on a SIGTERM / SIGINT stop (an all-gather, a device sync) every this
+    # many steps; a signal stops the run at the next multiple (single-process runs stop at once).
+    c.preemption_sync_every = 10
     c.export_hf = True
     return c
 

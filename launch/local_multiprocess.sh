@@ -10,8 +10,8 @@
 # --xla_force_host_platform_device_count) and gloo collectives; otherwise process i drives
 # accelerators i*K .. i*K+K-1 (JAX_LOCAL_DEVICE_IDS, read by jax itself).
 # Process 0's output goes to the terminal; every process also logs to $LOG_DIR/process_<i>.log.
-# Ctrl-C / SIGTERM is forwarded to all processes, which save a checkpoint and exit; rerunning
-# the same command resumes from it.
+# Ctrl-C / SIGTERM is forwarded to all processes, which save a checkpoint and exit with code 75
+# (stopped early; this script then exits 75 too); rerunning the same command resumes from it.
 set -euo pipefail
 
 usage() {
@@ -88,7 +88,9 @@ for idx in "${!PIDS[@]}"; do
     set -e
     if ! kill -0 "${PIDS[$idx]}" 2>/dev/null; then break; fi
   done
-  if [[ $rc -ne 0 ]]; then
+  if [[ $rc -eq 75 ]]; then
+    [[ $status -eq 0 ]] && status=75  # stopped early with a checkpoint (EXIT_PREEMPTED), not a failure
+  elif [[ $rc -ne 0 ]]; then
     echo "local_multiprocess: process $idx exited with $rc (log: $LOG_DIR/process_$idx.log)" >&2
     status=$rc
   fi

@@ -84,3 +84,26 @@ def test_a_mistyped_config_argument_stops_the_job(tmp_path, capsys, command, con
         cli_main([command, "--config", os.path.join(root, config), "--workdir", str(tmp_path / "run"), *extra])
     assert e.value.code == 2
     assert "unknown argument" in capsys.readouterr().err and not os.path.exists(tmp_path / "run")
+
+
+def test_capfilt_stopped_by_sigterm_exits_75(tmp_path, monkeypatch, capsys):
+    """SIGTERM during the chunks: the report is not written and the exit code says "stopped early"
+    (75, as `blip-jax train`), so `blip-jax pipeline` and SLURM's requeue treat it as not done."""
+    import signal
+
+    from blip_jax.capfilt import bootstrap
+    from blip_jax.train.preemption import EXIT_PREEMPTED
+
+    config = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs", "capfilt_tiny.py")
+
+    def fake_run_capfilt(run, workdir, cfg_json=None, max_chunks=None, stop=None):
+        signal.raise_signal(signal.SIGTERM)  # heard by the command's handler
+        assert stop.stop_requested
+        return None
+
+    monkeypatch.setattr(bootstrap, "build_run", lambda cfg, workdir: object())
+    monkeypatch.setattr(bootstrap, "run_capfilt", fake_run_capfilt)
+    assert cli_main(["capfilt", "--config", config, "--workdir", str(tmp_path)]) == EXIT_PREEMPTED
+    assert "stopped early (received SIGTERM)" in capsys.readouterr().err
+    monkeypatch.setattr(bootstrap, "run_capfilt", lambda *a, **k: None)  # another process's share: not signalled
+    assert cli_main(["capfilt", "--config", config, "--workdir", str(tmp_path)]) == 0

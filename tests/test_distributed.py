@@ -8,6 +8,7 @@ import subprocess
 import sys
 import textwrap
 
+import numpy as np
 import pytest
 
 from blip_jax.train import distributed
@@ -133,11 +134,24 @@ _WORKER = textwrap.dedent(
         jax.NamedSharding(mesh, jax.P("data")), np.array([pid + 1.0, 10.0 * (pid + 1)], np.float32)
     )
     total = jax.jit(jnp.sum, out_shardings=jax.NamedSharding(mesh, jax.P()))(x)
+    outer = PreemptionHandler().install()  # `blip-jax pipeline`'s, around a train stage's
     handler = PreemptionHandler().install()
     before = handler.should_stop(0)
     if pid == 1:
         signal.raise_signal(signal.SIGTERM)  # only process 1 is preempted ...
     after = handler.should_stop(1)  # ... and both agree to stop
+    handler.uninstall()
+    outer_heard = outer.stop_requested  # the agreed stop reaches the outer handler on process 0 too
+    outer.uninstall()
+    # The batch must split into one slice per process: a tensor axis across the processes (dp=1)
+    # would give both replicas of the batch different rows.
+    from blip_jax.train import mesh as mesh_lib
+    try:
+        mesh_lib.check_batch_split(mesh_lib.make_mesh({"data": 1, "fsdp": 1, "tensor": -1}), 4)
+        bad_mesh_error = ""
+    except ValueError as e:
+        bad_mesh_error = str(e)
+    mesh_lib.check_batch_split(mesh_lib.make_mesh({"data": -1}), 4)  # one row block per process: fine
     # A checkpoint written by both processes: shards of `x` and one iterator file per process.
     import grain
     from blip_jax.train.checkpointing import Checkpointer
@@ -155,7 +169,8 @@ _WORKER = textwrap.dedent(
         "ckpt_ok": ckpt_ok, "next_after_restore": int(next(it2)),
         "multi": multi, "again": again, "pid": pid, "count": jax.process_count(),
         "devices": jax.device_count(), "gathered": gathered.tolist(), "total": float(total),
-        "before": before, "after": after, "reason": handler.reason,
+        "before": before, "after": after, "reason": handler.reason, "outer_heard": outer_heard,
+        "bad_mesh_error": bad_mesh_error,
     }), flush=True)
     """
 )
@@ -217,7 +232,8 @@ def test_two_processes_on_localhost_agree(tmp_path):
         assert r["multi"] and r["again"] and r["count"] == 2 and r["devices"] == 2
         assert r["gathered"] == [1, 11]
         assert r["total"] == 1.0 + 10.0 + 2.0 + 20.0
-        assert r["before"] is False and r["after"] is True
+        assert r["before"] is False and r["after"] is True and r["outer_heard"] is True
+        assert "do not split the batch of 4 into one distinct slice per process" in r["bad_mesh_error"]
         assert r["ckpt_ok"] and r["next_after_restore"] == 10 * r["pid"] + 1
     reasons = {r["pid"]: r["reason"] for r in results}
     assert reasons[1] == "received SIGTERM"
@@ -257,3 +273,87 @@ def test_local_multiprocess_launcher(tmp_path):
     assert _tagged_json(out.stdout, "FAKE") == {"pid": 0, "ids": [0, 1], "local": 2}
     log1 = (tmp_path / "logs" / "process_1.log").read_text()
     assert _tagged_json(log1, "FAKE") == {"pid": 1, "ids": [0, 1], "local": 2}
+
+
+class _Dev:
+    def __init__(self, process_index):
+        self.process_index = process_index
+
+
+def test_batch_rows_by_process_and_split_check():
+    from blip_jax.train import mesh as mesh_lib
+
+    # 2 processes x 2 devices, batch 8 over all 4 devices: rows 0-3 on process 0, 4-7 on 1.
+    good = {_Dev(p): (slice(2 * i, 2 * i + 2),) for i, p in enumerate([0, 0, 1, 1])}
+    assert mesh_lib.batch_rows_by_process(good, 8) == {0: {(0, 2), (2, 4)}, 1: {(4, 6), (6, 8)}}
+    # dp=2 inside each process, the tensor axis across the processes: each holds the whole batch.
+    whole = {_Dev(p): (slice(4 * (i % 2), 4 * (i % 2) + 4),) for i, p in enumerate([0, 0, 1, 1])}
+    assert mesh_lib.batch_rows_by_process(whole, 8) == {0: {(0, 4), (4, 8)}, 1: {(0, 4), (4, 8)}}
+
+    class FakeSharding:
+        def __init__(self, m):
+            self.m = m
+
+        def devices_indices_map(self, shape):
+            return self.m
+
+    mesh = mesh_lib.make_mesh({"data": -1})
+    mesh_lib.check_batch_split(mesh, 8, FakeSharding(good))
+    with pytest.raises(ValueError, match="rows per process: {0: \\[\\(0, 4\\), \\(4, 8\\)\\]"):
+        mesh_lib.check_batch_split(mesh, 8, FakeSharding(whole))
+    # the same slice on both processes (replicated over the processes) is refused too
+    same = {_Dev(p): (slice(0, 4),) for p in (0, 1)}
+    with pytest.raises(ValueError, match="one distinct slice per process"):
+        mesh_lib.check_batch_split(mesh, 8, FakeSharding(same))
+    mesh_lib.check_batch_split(mesh, 8)  # one process: nothing to check
+
+
+def test_agreed_stop_reaches_the_outer_handler(monkeypatch):
+    """Another host's SIGTERM, agreed in the inner (train) handler's all-gather, reaches the outer
+    (`blip-jax pipeline`) handler on a host that got no signal."""
+    from blip_jax.train import preemption
+
+    monkeypatch.setattr(preemption.jax, "process_count", lambda: 2)
+    monkeypatch.setattr(preemption.multihost_utils, "process_allgather", lambda x, tiled=False: np.array([0, 1]))
+    with PreemptionHandler() as outer, PreemptionHandler(sync_every=10) as inner:
+        assert inner.should_stop(5) is False  # not a sync step
+        assert not outer.stop_requested
+        assert inner.should_stop(10) is True
+        assert inner.reason == "another host stopped (processes [1])"
+        assert outer.stop_requested and outer.reason == "another host stopped (processes [1])"
+
+
+def test_multislice_is_refused(clean_env):
+    clean_env.setenv("MEGASCALE_COORDINATOR_ADDRESS", "10.0.0.1:8080")
+    assert distributed.detect_cluster() == "tpu"
+    with pytest.raises(RuntimeError, match="multislice TPU jobs .* not supported"):
+        distributed.maybe_initialize_distributed()
+
+
+_SBATCH = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "launch", "slurm.sbatch")
+
+
+@pytest.mark.parametrize("srun_code, want_rc, want_calls", [
+    (75, 0, ["requeue 123"]),  # stopped by SIGTERM with a checkpoint: requeued
+    (0, 0, []),  # finished
+    (1, 1, []),  # failed: no requeue, the failure shows
+])
+def test_slurm_sbatch_requeues_when_train_stopped_early(tmp_path, srun_code, want_rc, want_calls):
+    from blip_jax.train.preemption import EXIT_PREEMPTED
+
+    assert EXIT_PREEMPTED == 75
+    text = open(_SBATCH).read()
+    assert "#SBATCH --signal=TERM@" in text and "#SBATCH --requeue" in text  # TERM to the tasks, not B:
+    fakebin = tmp_path / "bin"
+    fakebin.mkdir()
+    calls = tmp_path / "scontrol_calls.txt"
+    (fakebin / "srun").write_text(f"#!/bin/bash\necho \"fake srun $*\"\nexit {srun_code}\n")
+    (fakebin / "scontrol").write_text(f"#!/bin/bash\necho \"$*\" >> {calls}\n")
+    for f in ("srun", "scontrol"):
+        (fakebin / f).chmod(0o755)
+    env = {**os.environ, "PATH": f"{fakebin}:{os.environ['PATH']}", "SLURM_JOB_ID": "123",
+           "SLURM_JOB_NAME": "blip", "WORKDIR": str(tmp_path / "wd")}
+    out = subprocess.run(["bash", _SBATCH], env=env, capture_output=True, text=True, timeout=30)
+    assert out.returncode == want_rc, out.stdout + out.stderr
+    assert "fake srun --kill-on-bad-exit=1" in out.stdout and "blip-jax train --config" in out.stdout
+    assert (calls.read_text().splitlines() if calls.exists() else []) == want_calls

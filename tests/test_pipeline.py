@@ -49,33 +49,67 @@ def test_smoke_pipeline_runs_every_stage_and_resumes(tmp_path, capsys):
 
 
 def test_a_stage_stopped_by_sigterm_is_not_marked_done(tmp_path, monkeypatch, capsys):
-    """A train stage that saves and returns 0 on SIGTERM must run again on the rerun (its own
-    PreemptionHandler catches the signal; the pipeline's, around it, hears it too)."""
+    """A train stage that saves and exits 75 (EXIT_PREEMPTED) on SIGTERM must run again on the
+    rerun, and the pipeline exits 75 too (its own PreemptionHandler, around the stage's, hears the
+    signal; on a host that got none the stage's exit code says it all)."""
     import signal
 
     import ml_collections
 
     from blip_jax import cli, pipeline
-    from blip_jax.train.preemption import PreemptionHandler
+    from blip_jax.train.preemption import EXIT_PREEMPTED, PreemptionHandler
 
     ran = []
 
-    def fake_blip_jax(argv, interrupt=True):
+    def fake_blip_jax(argv, interrupt="", signalled=True):
         name = os.path.basename(argv[-1])
         ran.append(name)
-        if name == "b" and interrupt:
-            with PreemptionHandler():  # as the train loop does
-                signal.raise_signal(signal.SIGTERM)
         os.makedirs(argv[-1], exist_ok=True)
+        if name == interrupt:
+            if signalled:
+                with PreemptionHandler():  # as the train loop does
+                    signal.raise_signal(signal.SIGTERM)
+            return EXIT_PREEMPTED
         return 0
 
     cfg = ml_collections.ConfigDict(dict(stages=[dict(name=n, command="train", args=["--config", "x.py"])
                                                  for n in ("a", "b", "c")]))
-    monkeypatch.setattr(cli, "main", fake_blip_jax)
-    assert pipeline.run_pipeline(cfg, str(tmp_path)) == 0
+    monkeypatch.setattr(cli, "main", lambda argv: fake_blip_jax(argv, interrupt="b"))
+    assert pipeline.run_pipeline(cfg, str(tmp_path)) == EXIT_PREEMPTED == 75
     assert ran == ["a", "b"]
     assert (tmp_path / "a" / pipeline.DONE).exists() and not (tmp_path / "b" / pipeline.DONE).exists()
     assert "stopped (received SIGTERM) during stage 'b'" in capsys.readouterr().err
-    monkeypatch.setattr(cli, "main", lambda argv: fake_blip_jax(argv, interrupt=False))
+    # A host whose stage stopped through another host's signal: exit code 75, no signal here.
+    monkeypatch.setattr(cli, "main", lambda argv: fake_blip_jax(argv, interrupt="b", signalled=False))
+    assert pipeline.run_pipeline(cfg, str(tmp_path)) == 75
+    assert ran == ["a", "b", "b"] and not (tmp_path / "b" / pipeline.DONE).exists()
+    assert "stopped (stage stopped early) during stage 'b'" in capsys.readouterr().err
+    monkeypatch.setattr(cli, "main", lambda argv: fake_blip_jax(argv))
     assert pipeline.run_pipeline(cfg, str(tmp_path)) == 0
-    assert ran == ["a", "b", "b", "c"] and all((tmp_path / n / pipeline.DONE).exists() for n in "abc")
+    assert ran == ["a", "b", "b", "b", "c"] and all((tmp_path / n / pipeline.DONE).exists() for n in "abc")
+
+
+def test_a_signal_during_a_stage_that_finishes_stops_after_it(tmp_path, monkeypatch, capsys):
+    """An eval stage has no handler of its own: it finishes (exit 0, marked done) and the pipeline
+    stops with 75 before the next stage."""
+    import signal
+
+    import ml_collections
+
+    from blip_jax import cli, pipeline
+
+    ran = []
+
+    def fake_blip_jax(argv):
+        ran.append(os.path.basename(argv[-1]))
+        os.makedirs(argv[-1], exist_ok=True)
+        if ran[-1] == "a":
+            signal.raise_signal(signal.SIGTERM)  # heard by the pipeline's handler only
+        return 0
+
+    cfg = ml_collections.ConfigDict(dict(stages=[dict(name=n, command="eval", args=["--config", "x.py"])
+                                                 for n in ("a", "b")]))
+    monkeypatch.setattr(cli, "main", fake_blip_jax)
+    assert pipeline.run_pipeline(cfg, str(tmp_path)) == 75
+    assert ran == ["a"] and (tmp_path / "a" / pipeline.DONE).exists()
+    assert "stopped (received SIGTERM) after stage 'a'" in capsys.readouterr().err

@@ -83,8 +83,8 @@ def test_sigterm_then_sigkill_then_resume_matches_uninterrupted(reference, tmp_p
     ref_dir, _ = reference
     want = history_from_jsonl(os.path.join(ref_dir, "metrics.jsonl"))
     workdir = tmp_path / "interrupted"
-    # SIGTERM: the loop finishes its step, saves it and exits 0.
-    assert _run_until(workdir, 3, signal.SIGTERM) == 0
+    # SIGTERM: the loop finishes its step, saves it and exits 75 (EXIT_PREEMPTED: rerun to resume).
+    assert _run_until(workdir, 3, signal.SIGTERM) == 75
     from blip_jax.train.checkpointing import Checkpointer
 
     stopped_at = Checkpointer(workdir).latest_step()
@@ -152,3 +152,34 @@ def test_logged_metrics_are_means_over_the_logging_window(reference, tmp_path):
         assert rec["itm_acc"] == pytest.approx((rec["itm_pos_acc"] + 2 * rec["itm_neg_acc"]) / 3, abs=1e-6)
     # the losses of single steps differ, so the means are not the last step's values by accident
     assert abs(got[3]["loss_lm"] - per_step[3]["loss_lm"]) > 1e-4
+
+
+@pytest.mark.parametrize("when", ["tokenizer", "model"])
+def test_sigterm_during_start_up_stops_cleanly(tmp_path, monkeypatch, capsys, when):
+    """The handler goes in right after jax.distributed: a SIGTERM while the data is prepared stops
+    before the model is built, without a checkpoint; one while the model is built stops at the
+    first step boundary with a checkpoint. Both exit 75, and the rerun resumes / starts."""
+    from blip_jax import cli
+    from blip_jax.train import loop, tasks
+    from blip_jax.train.checkpointing import Checkpointer
+    from blip_jax.train.preemption import EXIT_PREEMPTED
+
+    module, name = (loop, "load_tokenizer") if when == "tokenizer" else (tasks, "build_model")
+    original = getattr(module, name)
+
+    def signalled(*a, **k):
+        signal.raise_signal(signal.SIGTERM)
+        return original(*a, **k)
+
+    monkeypatch.setattr(module, name, signalled)
+    before = signal.getsignal(signal.SIGTERM)
+    argv = ["train", "--config", CONFIG, "--workdir", str(tmp_path), "--config.data.num_threads=2",
+            "--config.export_hf=False"]
+    assert cli.main(argv) == EXIT_PREEMPTED == 75
+    assert "stopped early at step" in capsys.readouterr().err
+    assert signal.getsignal(signal.SIGTERM) is before  # the handler is uninstalled
+    latest = Checkpointer(tmp_path).latest_step()
+    if when == "tokenizer":
+        assert latest is None and not os.path.exists(tmp_path / "metrics.jsonl")
+    else:
+        assert latest == 1 and sorted(history_from_jsonl(os.path.join(tmp_path, "metrics.jsonl"))) == [1]

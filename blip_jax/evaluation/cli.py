@@ -226,10 +226,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--checkpoint", required=True, help="HF-format folder (or a training run's export/)")
     parser.add_argument("--workdir", default="", help="where results and metrics go")
     from blip_jax.config_loader import parse_job_args
+    from blip_jax.train.distributed import maybe_initialize_distributed
     from blip_jax.train.loop import load_tokenizer
     from blip_jax.train.mesh import make_mesh
 
     args, cfg = parse_job_args(parser, argv)
+    maybe_initialize_distributed()  # first, as train and capfilt do: before anything touches a device
     if "evals" not in cfg or not _as_dict(cfg.evals):
         parser.error(f"{args.config} has no config.evals")
     workdir = args.workdir or os.path.join(args.checkpoint, "eval")

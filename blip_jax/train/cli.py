@@ -1,4 +1,9 @@
-"""`blip-jax train --config configs/<file>.py[:arg] --workdir DIR [--config.key=value ...]`."""
+"""`blip-jax train --config configs/<file>.py[:arg] --workdir DIR [--config.key=value ...]`.
+
+Exit status: 0 finished; 75 (EX_TEMPFAIL) stopped early by SIGTERM / SIGINT after saving a
+checkpoint (rerun the same command to resume; launch/slurm.sbatch requeues on it); 2 the workdir's
+checkpoint does not fit the config; 3 training diverged.
+"""
 
 from __future__ import annotations
 
@@ -13,16 +18,21 @@ def main(argv: list[str] | None = None) -> int:
 
     from blip_jax.config_loader import parse_job_args
     from blip_jax.train.loop import ResumeMismatch, TrainingDiverged, train
+    from blip_jax.train.preemption import EXIT_PREEMPTED
 
     args, cfg = parse_job_args(parser, argv)
     try:
-        train(cfg, args.workdir)
+        result = train(cfg, args.workdir)
     except TrainingDiverged as e:
         print(f"blip-jax train: {e}", file=sys.stderr)
         return 3
     except ResumeMismatch as e:
         print(f"blip-jax train: {e}", file=sys.stderr)
         return 2
+    if result.stopped_early:
+        print(f"blip-jax train: stopped early at step {result.final_step}; rerun the same command to resume "
+              f"(exit code {EXIT_PREEMPTED})", file=sys.stderr)
+        return EXIT_PREEMPTED
     return 0
 
 

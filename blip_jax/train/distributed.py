@@ -14,10 +14,13 @@ Clusters recognised, in this order:
 3. SLURM with more than one task in the step (``srun``): jax's SLURM detection supplies the
    coordinator (first node), process count and id. jax then gives each process *one* GPU (its
    ``SLURM_LOCALID``); when a node runs a single task we pass all of the node's GPUs instead.
-4. Cloud TPU pods / multislice (``TPU_WORKER_HOSTNAMES`` or ``TPU_PROCESS_ADDRESSES`` listing
-   several workers, ``MEGASCALE_COORDINATOR_ADDRESS``), or ``BLIP_JAX_DISTRIBUTED=1`` (what the
-   TPU VM recipe sets, since plain TPU VMs expose their topology only through the metadata
-   server that jax queries itself): ``jax.distributed.initialize()`` with auto-detection.
+4. Cloud TPU pods (``TPU_WORKER_HOSTNAMES`` or ``TPU_PROCESS_ADDRESSES`` listing several
+   workers), or ``BLIP_JAX_DISTRIBUTED=1`` (what the TPU VM recipe sets, since plain TPU VMs
+   expose their topology only through the metadata server that jax queries itself):
+   ``jax.distributed.initialize()`` with auto-detection.
+
+Multislice (``MEGASCALE_COORDINATOR_ADDRESS``) is refused with a clear error: the mesh
+(``mesh.make_mesh``, ``jax.make_mesh``) cannot be built over devices of several slices.
 
 CPU: when the platform is CPU (``JAX_PLATFORMS=cpu``, or ``platform="cpu"``), cross-process
 collectives need an implementation; we select gloo (TCP) before initialising, so that a
@@ -114,6 +117,10 @@ def maybe_initialize_distributed(*, platform: str | None = None, initialization_
     kind = detect_cluster()
     if kind is None:
         return False
+    if os.environ.get("MEGASCALE_COORDINATOR_ADDRESS"):
+        raise RuntimeError("multislice TPU jobs (MEGASCALE_COORDINATOR_ADDRESS is set) are not supported: "
+                           "blip_jax.train.mesh builds its mesh with jax.make_mesh, which cannot span several "
+                           "slices; run on one slice")
     platform = (platform or _platform()).lower()
     if platform == "cpu":
         # Cross-process collectives on the CPU backend need an explicit implementation.

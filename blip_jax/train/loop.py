@@ -107,19 +107,35 @@ class TrainResult:
     final_step: int
     history: list[dict]
     workdir: str
+    stopped_early: bool = False  # stopped by SIGTERM / SIGINT (after saving): rerun to resume
 
 
 def train(cfg: ml_collections.ConfigDict, workdir: str) -> TrainResult:
-    """Run (or resume) the job described by ``cfg`` in ``workdir``."""
+    """Run (or resume) the job described by ``cfg`` in ``workdir``.
+
+    A SIGTERM / SIGINT from the start on (the handler goes in right after jax.distributed, before
+    the data, the model and the compilation) stops the run at the next agreed step boundary with a
+    checkpoint, or before the first step without one; ``TrainResult.stopped_early`` is then True."""
+    from blip_jax.train.distributed import maybe_initialize_distributed
+    from blip_jax.train.preemption import PreemptionHandler
+
+    maybe_initialize_distributed()
+    # After jax.distributed (whose own SIGTERM notifier it replaces), before anything slow.
+    preemption = PreemptionHandler(sync_every=int(cfg.get("preemption_sync_every", 10))).install()
+    try:
+        return _train(cfg, workdir, preemption)
+    finally:
+        preemption.uninstall()
+
+
+def _train(cfg: ml_collections.ConfigDict, workdir: str, preemption) -> TrainResult:
     from flax import nnx
 
     from blip_jax.data.distributed import make_global_batch
     from blip_jax.evaluation.cli import due, run_evals
     from blip_jax.train.checkpointing import Checkpointer
-    from blip_jax.train.distributed import maybe_initialize_distributed
     from blip_jax.train.metrics import MetricWriter, measure_matmul_flops, peak_flops_per_device
     from blip_jax.train.optimizer import make_optimizer
-    from blip_jax.train.preemption import PreemptionHandler
     from blip_jax.train.state import create_train_state, split_model
     from blip_jax.train.step import (
         ObjectiveConfig,
@@ -131,7 +147,6 @@ def train(cfg: ml_collections.ConfigDict, workdir: str) -> TrainResult:
         window_means,
     )
 
-    maybe_initialize_distributed()
     os.makedirs(workdir, exist_ok=True)
     primary = jax.process_index() == 0
     mesh = mesh_lib.make_mesh(dict(cfg.mesh))
@@ -140,6 +155,8 @@ def train(cfg: ml_collections.ConfigDict, workdir: str) -> TrainResult:
     if global_batch % jax.process_count() or global_batch % dp:
         raise ValueError(f"data.batch_size {global_batch} must divide by the process count "
                          f"({jax.process_count()}) and the data-parallel mesh size ({dp})")
+    # Each process loads its own rows: its devices must hold a distinct, equal slice of the batch.
+    mesh_lib.check_batch_split(mesh, global_batch)
     per_process = global_batch // jax.process_count()
 
     task = tasks.check_task(cfg.task)
@@ -156,6 +173,13 @@ def train(cfg: ml_collections.ConfigDict, workdir: str) -> TrainResult:
     total_steps = int(cfg.total_steps) or int(cfg.num_epochs * steps_per_epoch)
     if total_steps <= 0:
         raise ValueError("set total_steps or num_epochs")
+
+    if preemption.should_stop():  # a signal during start-up: stop before building the model
+        log.warning("stop requested (%s) before training started; nothing new to save", preemption.reason)
+        latest = Checkpointer.from_config(workdir, cfg)
+        start = latest.latest_step() or 0
+        latest.close()
+        return TrainResult(start, [], workdir, stopped_early=True)
 
     model, init_extra = tasks.build_model(cfg, config, cfg.seed)
     # Schedules count optimiser updates; with accumulation one update spans `accum` micro-steps.
@@ -251,7 +275,6 @@ def train(cfg: ml_collections.ConfigDict, workdir: str) -> TrainResult:
     evals = {name: {**dict(ev), "every_n_steps": steps_per_epoch if int(ev.get("every_n_steps", 0)) == -1
                     else int(ev.get("every_n_steps", 0))} for name, ev in dict(cfg.get("evals", {})).items()}
     writer = MetricWriter(workdir, total_steps=total_steps, is_primary=primary, initial_step=start)
-    preemption = PreemptionHandler(sync_every=max(1, int(cfg.get('preemption_sync_every', 1)))).install()
     history = []
     batch = first
     step = start
@@ -298,13 +321,12 @@ def train(cfg: ml_collections.ConfigDict, workdir: str) -> TrainResult:
                     # The iterator now stands at batch `step`: exactly where a resumed run must start.
                     checkpointer.save(step, state, data_iter, cfg, force=stop or step == total_steps)
             if stop:
-                stopped_early = True
+                stopped_early = step < total_steps  # a stop agreed at the last step is a finished run
                 log.warning("stop requested (SIGTERM): saved step %d, exiting", step)
                 break
             if step < total_steps:
                 batch = make_global_batch(next(data_iter), mesh)
     finally:
-        preemption.uninstall()
         checkpointer.wait()
         writer.close()
         data_iter.close()  # input worker processes and their shared memory go now, not at interpreter exit
@@ -313,7 +335,7 @@ def train(cfg: ml_collections.ConfigDict, workdir: str) -> TrainResult:
         if cfg.get("export_hf", False):
             export_hf(task, graphdef, state, config, os.path.join(workdir, "export"))
     checkpointer.close()
-    return TrainResult(step, history, workdir)
+    return TrainResult(step, history, workdir, stopped_early=stopped_early)
 
 
 def check_finite(scalars: dict[str, float], step: int, checkpointer) -> None:

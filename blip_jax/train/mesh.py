@@ -87,6 +87,47 @@ def batch_sharding(mesh: Mesh) -> NamedSharding:
     return data_sharding(mesh, BATCH_AXES)
 
 
+def batch_rows_by_process(index_map, batch_size: int) -> dict[int, set[tuple[int, int]]]:
+    """``{process_index: {(start, stop) of batch rows held by its devices}}`` from a sharding's
+    ``devices_indices_map((batch_size, ...))``."""
+    rows: dict[int, set[tuple[int, int]]] = {}
+    for device, index in index_map.items():
+        start, stop, _ = index[0].indices(batch_size)
+        rows.setdefault(int(device.process_index), set()).add((start, stop))
+    return rows
+
+
+def check_batch_split(mesh: Mesh, batch_size: int, sharding: NamedSharding | None = None) -> None:
+    """Raise ValueError unless every process's devices hold one distinct, equal slice of the batch.
+
+    Each process loads ``batch_size // process_count`` rows of its own; when a process's devices
+    cover more (e.g. the batch axes do not span the processes, ``mesh=dict(data=1, tensor=-1)`` on
+    two hosts), replicas of the same rows would receive different data without any error."""
+    sharding = sharding or batch_sharding(mesh)
+    rows = batch_rows_by_process(sharding.devices_indices_map((batch_size,)), batch_size)
+    n = len(rows)
+    if n <= 1:
+        return
+    per_process = batch_size // n
+    spans = {}
+    for proc, slices in rows.items():
+        lo, hi = min(a for a, _ in slices), max(b for _, b in slices)
+        covered = set()
+        for a, b in slices:
+            covered.update(range(a, b))
+        if hi - lo != per_process or covered != set(range(lo, hi)):
+            spans = None
+            break
+        spans[proc] = (lo, hi)
+    if spans is None or len(set(spans.values())) != n:
+        raise ValueError(
+            f"the batch axes {BATCH_AXES} of mesh {dict(mesh.shape)} do not split the batch of {batch_size} "
+            f"into one distinct slice per process ({n} processes; rows per process: "
+            f"{ {p: sorted(s) for p, s in sorted(rows.items())} }): each process loads its own "
+            f"{per_process} rows, so make the data-parallel size (data * fsdp) a multiple of the process "
+            "count, with each process's devices on a contiguous part of it (e.g. mesh.data=-1)")
+
+
 def replicated(mesh: Mesh) -> NamedSharding:
     return NamedSharding(mesh, P())
 

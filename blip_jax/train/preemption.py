@@ -2,16 +2,20 @@
 
 Schedulers (SLURM, Kubernetes, TPU maintenance events) send SIGTERM some seconds before they
 kill a job. The handler only sets a flag: the loop finishes its current step, sees
-``should_stop(step)``, saves a checkpoint with ``force=True`` and exits 0, and the rerun of the
-same command resumes from it. A second SIGINT (Ctrl-C twice) raises ``KeyboardInterrupt`` at
-once, so an interactive run that hangs can still be killed.
+``should_stop(step)``, saves a checkpoint with ``force=True`` and the command exits with
+:data:`EXIT_PREEMPTED` (75, ``EX_TEMPFAIL``: "stopped early, run me again"; ``launch/slurm.sbatch``
+requeues the job on it); the rerun of the same command resumes from the checkpoint. A second
+SIGINT (Ctrl-C twice) raises ``KeyboardInterrupt`` at once, so an interactive run that hangs can
+still be killed.
 
 Multi-host: hosts may receive the signal at different steps, and every host must leave the loop
 at the *same* step (the checkpoint save is a collective). :meth:`PreemptionHandler.should_stop`
 therefore all-gathers the local flags with ``multihost_utils.process_allgather`` when
 ``jax.process_count() > 1``: if any host is stopping, all stop. Every host must call it with the
 same ``step`` values; with ``sync_every = k`` the all-gather only runs on steps divisible by k
-(the answer on the other steps is False everywhere).
+(the answer on the other steps is False everywhere), so a stop is agreed at the next multiple of k.
+A stop agreed through another host also reaches a handler installed around this one (`blip-jax
+pipeline`'s), as a signal does.
 
 Install after :func:`blip_jax.train.distributed.maybe_initialize_distributed`: jax's distributed
 runtime installs its own SIGTERM notifier when it initialises, and the last handler installed wins.
@@ -29,6 +33,10 @@ import numpy as np
 from jax.experimental import multihost_utils
 
 log = logging.getLogger(__name__)
+
+# Exit status of a command stopped early by SIGTERM / SIGINT after saving its progress (sysexits.h
+# EX_TEMPFAIL): not finished, rerun the same command to resume. 0 means finished.
+EXIT_PREEMPTED = 75
 
 
 class PreemptionHandler:
@@ -74,9 +82,14 @@ class PreemptionHandler:
         # Signal handlers run between bytecodes of the main thread: set a flag, nothing else.
         self.request_stop(f"received {name}")
         # A handler installed around this one (`blip-jax pipeline` around a train stage) hears it too.
-        outer = getattr(self._previous.get(signum), "__self__", None)
-        if isinstance(outer, PreemptionHandler):
-            outer.request_stop(f"received {name}")
+        self._tell_outer(f"received {name}")
+
+    def _tell_outer(self, reason: str) -> None:
+        for previous in self._previous.values():
+            outer = getattr(previous, "__self__", None)
+            if isinstance(outer, PreemptionHandler) and outer is not self:
+                outer.request_stop(reason)
+                return
 
     # ---- the flag ------------------------------------------------------------------------
 
@@ -115,8 +128,9 @@ class PreemptionHandler:
                 hosts = [int(i) for i in np.flatnonzero(flags)]
                 self._reason = f"another host stopped (processes {hosts})"
             self._agreed = True
+            self._tell_outer(self._reason)
             return True
         return False
 
 
-__all__ = ["PreemptionHandler"]
+__all__ = ["EXIT_PREEMPTED", "PreemptionHandler"]

@@ -191,30 +191,22 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def test_two_processes_on_localhost_agree(tmp_path):
+def run_two_processes(code: str, *args: str, cwd: str | None = None, timeout: float = 60) -> list[tuple]:
+    """`python -c code *args` as processes 0 and 1 of a 2-process jax.distributed job on localhost
+    (CPU, gloo) -> [(returncode, stdout, stderr)] for each; skips the test when this jaxlib has no
+    gloo CPU collectives."""
     port = _free_port()
     procs = []
     for pid in range(2):
         env = {k: v for k, v in os.environ.items() if k not in _CLUSTER_VARS and k != "XLA_FLAGS"}
-        env.update(
-            JAX_PLATFORMS="cpu",
-            JAX_COORDINATOR_ADDRESS=f"127.0.0.1:{port}",
-            JAX_NUM_PROCESSES="2",
-            JAX_PROCESS_ID=str(pid),
-        )
-        procs.append(
-            subprocess.Popen(
-                [sys.executable, "-c", _WORKER, str(tmp_path)],
-                env=env,
-                stdout=subprocess.PIPE,
-                stderr=subprocess.PIPE,
-                text=True,
-            )
-        )
+        env.update(JAX_PLATFORMS="cpu", JAX_COORDINATOR_ADDRESS=f"127.0.0.1:{port}", JAX_NUM_PROCESSES="2",
+                   JAX_PROCESS_ID=str(pid))
+        procs.append(subprocess.Popen([sys.executable, "-c", code, *args], env=env, stdout=subprocess.PIPE,
+                                      stderr=subprocess.PIPE, text=True, cwd=cwd))
     outputs = []
     try:
         for p in procs:
-            out, err = p.communicate(timeout=60)
+            out, err = p.communicate(timeout=timeout)
             outputs.append((p.returncode, out, err))
     finally:
         for p in procs:
@@ -223,6 +215,11 @@ def test_two_processes_on_localhost_agree(tmp_path):
     errors = " ".join(err for _, _, err in outputs).lower()
     if any(rc != 0 for rc, _, _ in outputs) and "gloo" in errors and "not" in errors:
         pytest.skip(f"gloo CPU collectives unavailable in this jaxlib: {errors[-500:]}")
+    return outputs
+
+
+def test_two_processes_on_localhost_agree(tmp_path):
+    outputs = run_two_processes(_WORKER, str(tmp_path))
     results = []
     for rc, out, err in outputs:
         assert rc == 0, out[-2000:] + err[-4000:]

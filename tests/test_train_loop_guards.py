@@ -6,7 +6,6 @@ summed over processes."""
 from __future__ import annotations
 
 import os
-import subprocess
 import sys
 import time
 
@@ -165,28 +164,9 @@ def test_skip_counts_summed_over_two_real_processes():
     """Two jax.distributed processes on localhost (CPU, gloo), each with its own iterator counts:
     both get the global sums (every process reaches the log step; only the primary writes)."""
     from blip_jax.data.records import SKIP_REASONS
-    from tests.test_distributed import _CLUSTER_VARS, _free_port, _tagged_json
+    from tests.test_distributed import _tagged_json, run_two_processes
 
-    port = _free_port()
-    procs = []
-    for pid in range(2):
-        env = {k: v for k, v in os.environ.items() if k not in _CLUSTER_VARS and k != "XLA_FLAGS"}
-        env.update(JAX_PLATFORMS="cpu", JAX_COORDINATOR_ADDRESS=f"127.0.0.1:{port}", JAX_NUM_PROCESSES="2",
-                   JAX_PROCESS_ID=str(pid))
-        procs.append(subprocess.Popen([sys.executable, "-c", _WORKER], env=env, stdout=subprocess.PIPE,
-                                      stderr=subprocess.PIPE, text=True, cwd=ROOT))
-    outputs = []
-    try:
-        for p in procs:
-            out, err = p.communicate(timeout=60)
-            outputs.append((p.returncode, out, err))
-    finally:
-        for p in procs:
-            if p.poll() is None:
-                p.kill()
-    errors = " ".join(err for _, _, err in outputs).lower()
-    if any(rc != 0 for rc, _, _ in outputs) and "gloo" in errors and "not" in errors:
-        pytest.skip(f"gloo CPU collectives unavailable in this jaxlib: {errors[-500:]}")
+    outputs = run_two_processes(_WORKER, cwd=ROOT)
     a, b = SKIP_REASONS[0], SKIP_REASONS[1]
     want = {f"data/skipped/{a}": 3, f"data/skipped/{b}": 4, "data/skipped/dropped_caption": 5,
             "data/skipped/total": 7}

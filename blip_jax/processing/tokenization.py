@@ -277,6 +277,18 @@ class BlipTokenizer(abc.ABC):
         return [self.decode(s, skip_special_tokens=skip_special_tokens,
                             clean_up_tokenization_spaces=clean_up_tokenization_spaces) for s in sequences]
 
+    def _set_layout_options(self, padding_side: str, truncation_side: str, clean_up_tokenization_spaces: bool,
+                            source: str) -> None:
+        """The options both implementations take and save alike (checked; ``source`` names the file)."""
+        self.padding_side = _side(padding_side, f"{source}: padding_side")
+        self.truncation_side = _side(truncation_side, f"{source}: truncation_side")
+        self.clean_up_tokenization_spaces = bool(clean_up_tokenization_spaces)
+
+    def _layout_options(self) -> dict[str, Any]:
+        """Those options as tokenizer_config.json holds them."""
+        return {"clean_up_tokenization_spaces": self.clean_up_tokenization_spaces,
+                "padding_side": self.padding_side, "truncation_side": self.truncation_side}
+
     def _cleanup_wanted(self, clean_up_tokenization_spaces: bool | None) -> bool:
         if clean_up_tokenization_spaces is None:
             return bool(self.clean_up_tokenization_spaces)
@@ -379,9 +391,7 @@ class WordPieceTokenizer(BlipTokenizer):
         self.strip_accents = strip_accents
         self.tokenize_chinese_chars = tokenize_chinese_chars
         self.model_max_length = int(model_max_length)
-        self.padding_side = _side(padding_side, f"{source}: padding_side")
-        self.truncation_side = _side(truncation_side, f"{source}: truncation_side")
-        self.clean_up_tokenization_spaces = bool(clean_up_tokenization_spaces)
+        self._set_layout_options(padding_side, truncation_side, clean_up_tokenization_spaces, source)
         self.pad_token, self.unk_token = pad_token, unk_token
         self.cls_token, self.sep_token = cls_token, sep_token
         self.mask_token, self.bos_token, self.enc_token = mask_token, bos_token, enc_token
@@ -616,9 +626,7 @@ class WordPieceTokenizer(BlipTokenizer):
             "strip_accents": self.strip_accents,
             "tokenize_chinese_chars": self.tokenize_chinese_chars,
             "model_max_length": self.model_max_length,
-            "clean_up_tokenization_spaces": self.clean_up_tokenization_spaces,
-            "padding_side": self.padding_side,
-            "truncation_side": self.truncation_side,
+            **self._layout_options(),
             # transformers 5 reads extra_special_tokens, 4.x additional_special_tokens.
             "extra_special_tokens": [self.enc_token],
             "additional_special_tokens": [self.enc_token],
@@ -691,9 +699,7 @@ class SentencePieceTokenizer(BlipTokenizer):
         self._proto = bytes(model_proto)
         self.do_lower_case = do_lower_case
         self.model_max_length = int(model_max_length)
-        self.padding_side = _side(padding_side, f"{source}: padding_side")
-        self.truncation_side = _side(truncation_side, f"{source}: truncation_side")
-        self.clean_up_tokenization_spaces = bool(clean_up_tokenization_spaces)
+        self._set_layout_options(padding_side, truncation_side, clean_up_tokenization_spaces, source)
         self.source = source
         ids = {}
         for name, (piece, _) in SPM_SPECIALS.items():
@@ -888,9 +894,7 @@ class SentencePieceTokenizer(BlipTokenizer):
             "model_file": SPM_MODEL_NAME,
             "do_lower_case": self.do_lower_case,
             "model_max_length": self.model_max_length,
-            "clean_up_tokenization_spaces": self.clean_up_tokenization_spaces,
-            "padding_side": self.padding_side,
-            "truncation_side": self.truncation_side,
+            **self._layout_options(),
             "special_token_ids": {piece: i for piece, i in (
                 ("[PAD]", self.pad_token_id), ("[UNK]", self.unk_token_id), ("[CLS]", self.cls_token_id),
                 ("[SEP]", self.sep_token_id), ("[MASK]", self.mask_token_id), ("[DEC]", self.bos_token_id),

@@ -52,7 +52,7 @@ def test_invalid_captions_in_a_caption_list_are_counted(tmp_path):
     batches = list(it)
     assert [str(b["caption"][0]) for b in batches][1] == "fine" and len(batches) == 2
     assert it.skip_counts == {"dropped_caption": 2}  # per visit: the record itself is kept
-    metrics = P.data_metrics(it)
+    metrics = P.data_metrics(it.skip_counts)
     assert metrics["data/skipped/dropped_caption"] == 2 and metrics["data/skipped/total"] == 0
 
 

@@ -84,7 +84,7 @@ def test_every_bad_input_is_skipped_and_counted(emb, tmp_path):
     assert it.skip_counts == {"empty_image": 1, "missing_image": 1, "truncated_image": 1, "decode_error": 1,
                               "image_too_large": 1, "bad_caption": 2, "empty_caption": 1, "bad_json": 1,
                               "dropped_caption": 1}  # the "" of record 9's list; the record is kept
-    metrics = P.data_metrics(it)
+    metrics = P.data_metrics(it.skip_counts)
     assert metrics["data/skipped/total"] == 9 and metrics["data/skipped/bad_caption"] == 2
 
 

@@ -138,7 +138,7 @@ def test_skip_counts_summed_over_processes():
     # One process: its own counts, as data_metrics gives them.
     from blip_jax.data.pipelines import data_metrics
 
-    assert global_data_metrics(_Counting(p0)) == data_metrics(_Counting(p0))
+    assert global_data_metrics(_Counting(p0)) == data_metrics(p0)
     assert global_data_metrics(_Counting({})) == {"data/skipped/total": 0}
 
 

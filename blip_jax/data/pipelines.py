@@ -16,8 +16,8 @@ Orbax, see `checkpoint_args`). Shapes (B = per-process batch, S = image size, L 
 Flow (per process): records -> shard by process (strided: disjoint, complete) -> shuffle ->
 repeat -> [weighted mix] -> per-element decode/augment/clean/tokenize (seeded by element
 index: deterministic) -> drop + count bad records -> batch -> [worker processes] -> batches.
-Bad records never raise: counts per reason are in `iterator.skip_counts` and
-`data_metrics(iterator)`.
+Bad records never raise: counts per reason are in `iterator.skip_counts`, as metrics
+`data_metrics(iterator.skip_counts)`.
 """
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ import dataclasses
 import logging
 import math
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import grain
@@ -475,11 +475,11 @@ class SkipCountingIterator(grain.DatasetIterator):
         self._counts = _reason_counts(state["skipped"], np.int64)
 
 
-def data_metrics(iterator: SkipCountingIterator) -> dict[str, int]:
-    """{"data/skipped/<reason>": n, "data/skipped/total": n} for metric writers. The total counts
+def data_metrics(counts: Mapping[str, int]) -> dict[str, int]:
+    """Skip counts by reason (a `SkipCountingIterator.skip_counts`, or their sum over processes) ->
+    {"data/skipped/<reason>": n, "data/skipped/total": n} for metric writers. The total counts
     skipped records (and broken shards), not the parts dropped from kept records (PARTIAL_REASONS:
     dropped captions, dropped VQA votes), which have their own entries."""
-    counts = iterator.skip_counts
     out = {f"data/skipped/{r}": n for r, n in sorted(counts.items())}
     out["data/skipped/total"] = sum(n for r, n in counts.items() if r not in PARTIAL_REASONS)
     return out

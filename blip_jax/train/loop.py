@@ -16,7 +16,6 @@ import logging
 import math
 import os
 import time
-import types
 
 import jax
 import ml_collections
@@ -399,7 +398,7 @@ def global_data_metrics(data_iter, gather=None) -> dict[str, int]:
 
         gather = multihost_utils.process_allgather
     counts = combine_skip_counts(gather(vec)) if gather is not None else local
-    return data_metrics(types.SimpleNamespace(skip_counts=counts))
+    return data_metrics(counts)
 
 
 def _resume(checkpointer, abstract, data_iter, cfg, workdir: str):

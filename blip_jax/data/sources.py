@@ -102,6 +102,10 @@ def _lost_samples(path: str, samples_read: int, cut_sample: bool) -> int | None:
     return max(int(cut_sample), expected - samples_read)
 
 
+def _lost_text(lost: int | None) -> str:
+    return f"{lost} samples lost" if lost is not None else "samples after the break lost, number unknown"
+
+
 def _iter_tar_samples(path: str):
     """Yields (key, {ext: bytes}) per sample of a tar shard, then, when the shard breaks off (a cut
     copy: no end-of-archive marker, a member whose data is cut short; garbage where a header should
@@ -160,7 +164,7 @@ def _shard_skips(brk: ShardBreak, source: str) -> list[dict]:
     sample known to be lost (`ShardBreak.lost_samples`)."""
     lost = brk.lost_samples()
     detail = (f"{brk.path} breaks off at byte {brk.offset} after {brk.samples_read} samples ({brk.why}); "
-              + (f"{lost} samples lost" if lost is not None else "samples after the break lost, number unknown"))
+              f"{_lost_text(lost)}")
     log.warning("webdataset shard %s", detail)
     return ([skip_marker("truncated_shard", detail, source)]
             + [skip_marker("truncated_sample", f"lost in {brk.path}", source)] * (lost or 0))
@@ -453,9 +457,7 @@ class WebDatasetRecords(grain.sources.RandomAccessDataSource):
         for ix in self._indexes:
             if not ix.complete:
                 lost = _lost_samples(ix.path, len(ix), ix.cut_sample)
-                log.warning("webdataset shard %s breaks off after %d samples; %s", ix.path, len(ix),
-                            f"{lost} samples lost" if lost is not None else "samples after the break lost, "
-                            "number unknown")
+                log.warning("webdataset shard %s breaks off after %d samples; %s", ix.path, len(ix), _lost_text(lost))
                 self.skips.update(truncated_shard=1, truncated_sample=lost or 0)
         self.skips = +self.skips  # drop zero counts
 

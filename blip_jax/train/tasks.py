@@ -8,6 +8,7 @@ BlipForQuestionAnswering with the supervised step. The loop itself is the same f
 
 from __future__ import annotations
 
+import logging
 import os
 
 import jax.numpy as jnp
@@ -17,6 +18,8 @@ from blip_jax.configuration import BlipConfig
 from blip_jax.models.losses import shifted_lm_loss
 from blip_jax.models.pretrain import BlipPretrain
 from blip_jax.train import objectives as obj
+
+log = logging.getLogger("blip_jax.checkpoints")  # training_init reports checkpoint loading, with init_from
 
 TASKS = ("pretrain", "retrieval", "caption", "vqa")
 MOMENTUM_TASKS = ("pretrain", "retrieval")
@@ -71,8 +74,6 @@ def training_init(extra, model, momentum_graphdef, ema, queue_size: int, embed_d
     loaded over it, and the checkpoint's feature queues where their shape is this run's
     (queue_size, embed_dim); as the original's load_checkpoint, tensors of another shape are
     skipped (logged) and start fresh."""
-    import logging
-
     from blip_jax.checkpoints.init_from import load_momentum
     from blip_jax.train.state import merge_momentum
 
@@ -87,9 +88,9 @@ def training_init(extra, model, momentum_graphdef, ema, queue_size: int, embed_d
         shapes = {k: tuple(v.shape) for k, v in extra.queues.items()}
         if queue_size and all(s == (queue_size, embed_dim) for s in shapes.values()):
             queues = {k: jnp.asarray(v, jnp.float32) for k, v in extra.queues.items()}
-            logging.getLogger("blip_jax.checkpoints").info("loaded the feature queues from %s", extra.source)
+            log.info("loaded the feature queues from %s", extra.source)
         else:
-            logging.getLogger("blip_jax.checkpoints").warning(
+            log.warning(
                 "%s: feature queues of shape %s do not fit this run's (%d, %d) (objective.queue_size, "
                 "image_text_hidden_size): they start fresh", extra.source, shapes, queue_size, embed_dim)
     return ema, queues

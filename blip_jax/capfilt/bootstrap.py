@@ -287,26 +287,25 @@ def merge_outputs(run: CapfiltRun, workdir: str) -> dict:
                                    load_scenes(run.scenes) if run.scenes else None)
     with atomic_open(os.path.join(workdir, "decisions.jsonl")) as decisions:
 
-        def kept_rows() -> Iterator[dict]:
+        def kept_entries() -> Iterator[tuple[dict, str]]:
+            """(row, text) per kept text: the bootstrapped dataset's entries, in record order."""
             for row in merged():
                 decisions.write(json.dumps(row, ensure_ascii=False) + "\n")
                 report_builder.add(row)
-                if not row.get("skipped") and kept_texts(row):
-                    yield row
+                if not row.get("skipped"):
+                    for text in kept_texts(row):
+                        yield row, text
 
         if fmt == "blip_json":
             path = os.path.join(workdir, "bootstrapped.json")
             with atomic_open(path) as out:  # a JSON list streamed one entry a line
                 out.write("[")
-                first = True
-                for r in kept_rows():
+                for i, (r, text) in enumerate(kept_entries()):
                     if not r.get("image"):
                         raise ValueError(f"record {r['index']} ({r['image_key']!r}) has no image file: use "
                                          "output_format='array_record' for sources that hold image bytes")
-                    for text in kept_texts(r):
-                        entry = {"image": os.path.abspath(r["image"]), "caption": text}
-                        out.write(("" if first else ",") + "\n" + json.dumps(entry, ensure_ascii=False))
-                        first = False
+                    entry = {"image": os.path.abspath(r["image"]), "caption": text}
+                    out.write(("," if i else "") + "\n" + json.dumps(entry, ensure_ascii=False))
                 out.write("\n]\n")
             spec = {"name": "capfilt", "format": "blip_json", "paths": [os.path.abspath(path)]}
         else:
@@ -315,13 +314,12 @@ def merge_outputs(run: CapfiltRun, workdir: str) -> dict:
             out_dir = os.path.join(workdir, "bootstrapped")
             if fmt == "captions":  # the kept texts and where their image is; the images stay in the source
                 records = ({"index": r["index"], "image_id": r["index"], "image_key": r["image_key"],
-                            "captions": [text], "source": "capfilt"} for r in kept_rows() for text in kept_texts(r))
+                            "captions": [text], "source": "capfilt"} for r, text in kept_entries())
                 written = write_array_record(records, out_dir, "bootstrapped", images=False)
                 spec = {"name": "capfilt", "format": "capfilt_captions", "base": run.source_spec}
             else:
                 # the image bytes are copied once per kept text (the "captions" format copies none)
-                records = (dict(run.records[r["index"]], captions=[text])
-                           for r in kept_rows() for text in kept_texts(r))
+                records = (dict(run.records[r["index"]], captions=[text]) for r, text in kept_entries())
                 written = write_array_record(records, out_dir, "bootstrapped")
                 spec = {"name": "capfilt", "format": "array_record"}
             spec["paths"] = [os.path.abspath(p) for p in written["files"]]
